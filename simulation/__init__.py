@@ -1,0 +1,1 @@
+"""The simulation engine: command line, scenario schema, Mesa model, run store and live console."""
