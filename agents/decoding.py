@@ -1,0 +1,223 @@
+"""The forced decision slot: free-text belief, then `Decision: <number>` by constrained decoding.
+
+SmolLM2-135M, asked for free-form output, wrote a parseable decision only a third of the time. So
+the model is never *asked* to produce the format; the format is imposed token by token in one
+`generate` call by `DecisionSlotProcessor`, a logits processor with one small state machine per
+sequence:
+
+1. BELIEF — free text at the agent's own temperature. End-of-sequence tokens are banned (the
+   belief must hand over to the decision), and so are newlines for the first few tokens. The belief
+   ends at the first token that contains a newline, or when its token budget is spent.
+2. MARKER — the tokens of `Decision: ` are forced (after `\\n` if the budget cut the belief short).
+3. NUMBER — only tokens that keep the text a prefix of a number in [-10, 10] with at most one
+   decimal are allowed; end-of-sequence is allowed once the text is a complete number. The number
+   is sampled from the model's own distribution over what is allowed, at the agent's temperature,
+   so the decision stays a stochastic policy that RL can shape.
+4. DONE — end-of-sequence only.
+
+Every decision is therefore a valid number in range by construction. `parse_decision` still
+exists for text that did not come through the slot (truncated generations, other backends), and
+says why it fell back; those fallbacks are counted and stored.
+
+Per-sequence temperature is applied here (generate's own temperature is left at 1.0), so agents
+with different temperatures share one batch; temperature 0 means greedy for that sequence.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import torch
+from transformers import LogitsProcessor, PreTrainedTokenizerBase
+
+DECISION_MIN, DECISION_MAX = -10.0, 10.0
+MARKER = "Decision: "
+MIN_BELIEF_TOKENS = 3
+_NUMBER_CHARS = set("+-.0123456789")
+
+
+def _complete_numbers() -> set[str]:
+    """Every accepted spelling of a decision: -10 ... 10, optional sign, at most one decimal."""
+    spellings: set[str] = set()
+    for whole in range(0, 11):
+        decimals = [""] + ([".0"] if whole == 10 else [f".{d}" for d in range(10)])
+        for decimal in decimals:
+            for sign in ("", "-", "+"):
+                spellings.add(f"{sign}{whole}{decimal}")
+    return spellings
+
+
+COMPLETE_NUMBERS = frozenset(_complete_numbers())
+NUMBER_PREFIXES = frozenset(spelling[:i] for spelling in COMPLETE_NUMBERS for i in range(len(spelling) + 1))
+MAX_NUMBER_TOKENS = max(len(spelling) for spelling in COMPLETE_NUMBERS)
+
+
+@dataclass(frozen=True)
+class SlotVocabulary:
+    """What the slot needs to know about one tokenizer, computed once per model."""
+
+    marker_ids: tuple[int, ...]            # `Decision: ` after a newline
+    newline_marker_ids: tuple[int, ...]    # `\nDecision: ` when the belief budget ran out
+    stop_ids: tuple[int, ...]              # end-of-sequence tokens
+    newline_ids: frozenset[int]            # every token whose text contains a newline
+    number_tokens: dict[int, str]          # tokens made only of digits, signs and dots
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: PreTrainedTokenizerBase) -> SlotVocabulary:
+        texts = tokenizer.batch_decode([[token] for token in range(len(tokenizer))])
+        stop_ids = {tokenizer.eos_token_id}
+        for special in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>"):
+            token = tokenizer.convert_tokens_to_ids(special)
+            if isinstance(token, int) and token != tokenizer.unk_token_id:
+                stop_ids.add(token)
+        return cls(
+            marker_ids=tuple(tokenizer.encode(MARKER, add_special_tokens=False)),
+            newline_marker_ids=tuple(tokenizer.encode("\n" + MARKER, add_special_tokens=False)),
+            stop_ids=tuple(sorted(t for t in stop_ids if t is not None)),
+            newline_ids=frozenset(i for i, text in enumerate(texts) if "\n" in text),
+            number_tokens={i: text for i, text in enumerate(texts) if text and set(text) <= _NUMBER_CHARS},
+        )
+
+    def max_new_tokens(self, belief_tokens: int) -> int:
+        return belief_tokens + len(self.newline_marker_ids) + MAX_NUMBER_TOKENS + 1
+
+
+BELIEF, MARKER_PHASE, NUMBER, DONE = "belief", "marker", "number", "done"
+
+
+@dataclass
+class SlotState:
+    """Where one sequence is in belief -> marker -> number -> done."""
+
+    vocabulary: SlotVocabulary
+    belief_budget: int
+    phase: str = BELIEF
+    belief_tokens: int = 0
+    forced: list[int] = field(default_factory=list)  # marker tokens still to force
+    number: str = ""
+
+    def advance(self, token: int) -> str:
+        """Consume one generated token; return the phase it was generated in."""
+        phase, vocabulary = self.phase, self.vocabulary
+        if phase == BELIEF:
+            self.belief_tokens += 1
+            if token in vocabulary.newline_ids:
+                self.phase, self.forced = MARKER_PHASE, list(vocabulary.marker_ids)
+            elif self.belief_tokens >= self.belief_budget:
+                self.phase, self.forced = MARKER_PHASE, list(vocabulary.newline_marker_ids)
+        elif phase == MARKER_PHASE:
+            self.forced.pop(0)
+            if not self.forced:
+                self.phase = NUMBER
+        elif phase == NUMBER:
+            if token in vocabulary.stop_ids:
+                self.phase = DONE
+            else:
+                self.number += vocabulary.number_tokens.get(token, "")
+        return phase
+
+    def allowed(self) -> list[int] | None:
+        """Tokens allowed next, or None for free belief text."""
+        if self.phase == BELIEF:
+            return None
+        if self.phase == MARKER_PHASE:
+            return [self.forced[0]]
+        if self.phase == NUMBER:
+            allowed = [token for token, text in self.vocabulary.number_tokens.items() if self.number + text in NUMBER_PREFIXES]
+            if self.number in COMPLETE_NUMBERS or not allowed:
+                allowed += list(self.vocabulary.stop_ids)
+            return allowed
+        return list(self.vocabulary.stop_ids)
+
+
+class DecisionSlotProcessor(LogitsProcessor):
+    """Imposes belief -> `Decision: ` -> number on every row of a `generate` call.
+
+    `temperatures` has one entry per row of the batch.
+    """
+
+    def __init__(self, vocabulary: SlotVocabulary, prompt_length: int, belief_tokens: int, temperatures: list[float]):
+        self.prompt_length, self.temperatures = prompt_length, temperatures
+        self.states = [SlotState(vocabulary, belief_tokens) for _ in temperatures]
+        self.stop_ids, self.newline_ids = list(vocabulary.stop_ids), sorted(vocabulary.newline_ids)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if input_ids.shape[1] > self.prompt_length:
+            for state, token in zip(self.states, input_ids[:, -1].tolist()):
+                state.advance(token)
+        scores = scores.float()
+        for row, state in enumerate(self.states):
+            allowed = state.allowed()
+            if allowed is None:  # free belief text
+                scores[row, self.stop_ids] = -math.inf
+                if state.belief_tokens < MIN_BELIEF_TOKENS:
+                    scores[row, self.newline_ids] = -math.inf
+            else:
+                kept = scores[row, allowed].clone()
+                scores[row] = -math.inf
+                scores[row, allowed] = kept
+            temperature = self.temperatures[row]
+            if temperature == 0.0:
+                best = int(scores[row].argmax())
+                scores[row] = -math.inf
+                scores[row, best] = 0.0
+            else:
+                scores[row] = scores[row] / temperature
+        return scores
+
+
+@dataclass(frozen=True)
+class SlotTrace:
+    """A finished completion, split by phase."""
+
+    token_ids: list[int]       # up to and including the first stop token
+    trainable: list[bool]      # False for the forced marker tokens
+    belief_ids: list[int]
+    number: str
+    finished: bool             # reached a stop token after a number
+
+
+def trace_completion(vocabulary: SlotVocabulary, belief_tokens: int, generated: list[int]) -> SlotTrace:
+    """Replay the slot over generated ids (pads after the stop token are dropped)."""
+    state = SlotState(vocabulary, belief_tokens)
+    kept, trainable, belief_ids = [], [], []
+    for token in generated:
+        if state.phase == DONE:
+            break
+        phase = state.advance(token)
+        kept.append(token)
+        trainable.append(phase != MARKER_PHASE)
+        if phase == BELIEF:
+            belief_ids.append(token)
+    return SlotTrace(kept, trainable, belief_ids, state.number, state.phase == DONE)
+
+
+_NUMBER_AFTER_MARKER = re.compile(r"Decision:\s*([+-]?\d+(?:\.\d+)?)")
+
+
+def split_completion(completion: str) -> tuple[str, str]:
+    """(belief, text after the decision marker) of a completion."""
+    head, _, tail = completion.rpartition("Decision:")
+    if not _:
+        return completion.strip(), ""
+    return head.strip(), tail.strip()
+
+
+def parse_decision(completion: str) -> tuple[float, str | None]:
+    """The decision in a completion and why it fell back (None if it did not).
+
+    Fallback reasons: `empty` (nothing at all), `truncated` (no decision marker), `non_numeric`
+    (a marker but no number), `out_of_range` (a number outside [-10, 10], which is clipped).
+    A fallback without a number decides 0: no position.
+    """
+    if not completion.strip():
+        return 0.0, "empty"
+    match = _NUMBER_AFTER_MARKER.search(completion)
+    if match is None:
+        return 0.0, ("non_numeric" if "Decision:" in completion else "truncated")
+    value = float(match.group(1))
+    if not DECISION_MIN <= value <= DECISION_MAX:
+        return min(max(value, DECISION_MIN), DECISION_MAX), "out_of_range"
+    return value, None

@@ -1,0 +1,68 @@
+"""Prompts: persona traits and visible market information, turned into a short chat.
+
+The persona (optimism, rationality, risk preference in [0, 1]) becomes the system message; the
+agent's visible factors, any news it may read, and its memory become the user message. Numbers are
+rounded and the text is kept compact: on a 2-core CPU the prompt's length is most of a step's cost.
+The model is asked only for the belief; the decision slot is forced by `agents.decoding`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class Persona:
+    optimism: float         # 0 = pessimistic, 1 = optimistic
+    rationality: float      # 0 = gut feeling, 1 = careful reasoning from the numbers
+    risk_preference: float  # 0 = small positions, 1 = large positions
+
+
+@dataclass(frozen=True)
+class Memory:
+    """What an agent remembers of one past step."""
+
+    date: str
+    belief: str
+    decision_depth: float
+    realised_return: float  # simple return, 0.01 = +1 %
+    reward: float
+
+
+def _grade(value: float, low: str, middle: str, high: str) -> str:
+    return low if value < 0.35 else high if value > 0.65 else middle
+
+
+def system_message(persona: Persona) -> str:
+    mood = _grade(persona.optimism, "You are a pessimistic investor who expects bad news.", "You are a balanced investor.", "You are an optimistic investor who expects prices to rise.")
+    reasoning = _grade(persona.rationality, "You trade on gut feeling and recent moves.", "You weigh the numbers and your instinct.", "You reason carefully from the numbers.")
+    risk = _grade(persona.risk_preference, "You prefer small, cautious positions.", "You take moderate positions.", "You take large positions when you have a view.")
+    return f"{mood} {reasoning} {risk}"
+
+
+def _signed(value: float) -> str:
+    return f"{value:+.2f}"
+
+
+def user_message(
+    *,
+    date: str,
+    asset: str,
+    price: float,
+    factors: pd.DataFrame,
+    news: list[str],
+    memory: list[Memory],
+) -> str:
+    """The market as this agent may see it. `factors` has columns category, name, value."""
+    lines = [f"Date {date}. {asset} price {price:.2f}."]
+    for category, rows in factors.groupby("category", sort=True):
+        values = ", ".join(f"{name}={_signed(value)}" for name, value in zip(rows["name"], rows["value"]))
+        lines.append(f"{category.capitalize()} factors: {values}.")
+    lines += [f"News: {text}" for text in news]
+    if memory:
+        history = "; ".join(f"{m.date} decision {m.decision_depth:+.1f}, return {m.realised_return * 100:+.1f}%" for m in memory)
+        lines.append(f"Your recent trades: {history}.")
+    lines.append(f"In one sentence, state your belief about {asset}'s return tomorrow.")
+    return "\n".join(lines)

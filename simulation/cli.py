@@ -1,0 +1,105 @@
+"""The command line: `python -m simulation run | validate | report`.
+
+Mistakes in the user's input arrive here as `UserError`s and leave as one line on stderr with a
+non-zero exit code and no traceback. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+
+from simulation.errors import UserError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _quiet_libraries() -> None:
+    """Library progress bars and advice would drown the console; errors still surface."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _run(args: argparse.Namespace) -> int:
+    from simulation import run as runs
+
+    _quiet_libraries()
+    if args.resume:
+        result = runs.resume(args.resume, plain=args.plain)
+    elif args.scenario:
+        result = runs.start(args.scenario, plain=args.plain, output_dir=args.output_dir)
+    else:
+        raise UserError(None, None, "nothing to run", "give a scenario file (python -m simulation run scenarios/base.toml) or --resume RUN_DIR")
+    print(f"\nrun {result.status} in {result.seconds:.0f} s: {result.steps} steps")
+    print(f"database: {result.database}")
+    print(f"query it:  duckdb {result.database}   (or duckdb.connect(path, read_only=True) in Python)\n")
+    print(runs.EXAMPLE_QUERIES)
+    print(f"\nreport:   python -m simulation report {result.run_dir}")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from agents.llm import resolve_source
+    from simulation.config import load_scenario
+    from simulation.run import load_data
+
+    scenario = load_scenario(args.scenario)
+    data, dates = load_data(scenario, args.scenario)
+    source = resolve_source(scenario.model.path, scenario.model.gguf_file)
+    groups = ", ".join(f"{g.name} x{g.count} ({'+'.join(g.categories)})" for g in scenario.agents.groups)
+    print(f"{args.scenario}: ok")
+    print(f"  {scenario.agents.n_agents} agents: {groups}")
+    print(f"  {scenario.run.steps} steps from {dates[0].date()} on {data.source}, assets {', '.join(scenario.data.assets or data.assets)}")
+    print(f"  model {source.model_id}; training {'every ' + str(scenario.training.every) + ' steps' if scenario.training.enabled else 'off'}; "
+          f"AED {'on' if scenario.aed.enabled else 'off'}; {len(scenario.events)} events")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from analysis.report import main_report
+
+    path = main_report(args.runs, args.out)
+    print(f"report: {path}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="python -m simulation", description="A market of heterogeneous, learning LLM investors. Every output goes to DuckDB.")
+    commands = root.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run a scenario (or resume a run)", description="Run a scenario file, or continue an interrupted run with --resume.")
+    run.add_argument("scenario", nargs="?", help="scenario TOML file, e.g. scenarios/base.toml")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last committed step")
+    run.add_argument("--plain", action="store_true", help="plain progress lines instead of the live console")
+    run.add_argument("--output-dir", help="override run.output_dir")
+    run.set_defaults(handler=_run)
+    validate = commands.add_parser("validate", help="check a scenario file without running it", description="Validate a scenario: schema, data, categories, model path.")
+    validate.add_argument("scenario", help="scenario TOML file")
+    validate.set_defaults(handler=_validate)
+    report = commands.add_parser("report", help="write an HTML report of one or more runs", description="Write a self-contained HTML report from run databases.")
+    report.add_argument("runs", nargs="+", help="run directories (or run.duckdb files); several are compared side by side")
+    report.add_argument("--out", help="output HTML file (default: report.html beside the first run)")
+    report.set_defaults(handler=_report)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        target = getattr(args, "resume", None) or "RUN_DIR"
+        print(f"\ninterrupted; every committed step is kept. Continue with: python -m simulation run --resume {target}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        # The Mesa model and its agents form reference cycles that hold the DuckDB connection;
+        # collect them now, not during interpreter shutdown, where DuckDB's bindings complain.
+        gc.collect()

@@ -1,0 +1,197 @@
+"""Starting, resuming and finishing a run: everything between the command line and the model.
+
+`start` validates the scenario, loads the data and the model, creates the run directory and its
+database, and drives the model step by step. `resume` reopens a run directory, rebuilds the same
+objects from the scenario text stored in the database, restores prices, agent memories and the
+last saved adapters, and goes on from the last committed step. A run that fails is marked
+`failed` with its one-line error; an interrupted one `interrupted`; committed steps stay.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from agents.llm import LLM
+from market.data import MarketData
+from simulation.config import Scenario, check_against_data, load_scenario, parse_scenario
+from simulation.console import LiveConsole, PlainConsole
+from simulation.errors import ScenarioError, UserError
+from simulation.model import MarketModel
+from simulation.seeding import child_seed
+from simulation.store import RunStore, package_versions
+
+DATABASE = "run.duckdb"
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    database: Path
+    status: str
+    steps: int
+    seconds: float
+
+
+def load_data(scenario: Scenario, scenario_file: str) -> tuple[MarketData, list[pd.Timestamp]]:
+    """The scenario's dataset, windowed to its dates, and the trading dates of the run."""
+    config = scenario.data
+    if config.source == "synthetic":
+        from market.sources.synthetic import generate_synthetic
+
+        synthetic = config.synthetic
+        data = generate_synthetic(n_assets=synthetic.n_assets, n_days=synthetic.n_days, start_date=config.start or "2020-01-01",
+                                  signal=synthetic.signal, factors_per_category=synthetic.factors_per_category,
+                                  daily_volatility=synthetic.daily_volatility, seed=child_seed(scenario.run.seed, "data"))
+    elif config.source == "sp500":
+        from market.sources.sp500 import load_sp500
+
+        data = load_sp500(config.start, config.end)
+    else:
+        from market.sources.user_file import load_user_file
+
+        path = Path(config.path).expanduser()
+        if not path.is_absolute() and not path.exists():
+            path = Path(scenario_file).parent / path  # relative to the scenario file
+        data = load_user_file(path)
+    data = data.window(config.start, config.end)
+    dates = data.dates
+    check_against_data(scenario, scenario_file, data.categories, data.assets, len(dates))
+    return data, dates
+
+
+def new_run_dir(output_dir: str, name: str) -> Path:
+    """<output_dir>/<name>, or <name>-2, -3, ... if that exists: a run never overwrites another."""
+    base = Path(output_dir).expanduser()
+    candidate, suffix = base / name, 2
+    while candidate.exists():
+        candidate, suffix = base / f"{name}-{suffix}", suffix + 1
+    return candidate
+
+
+def build_trainer(scenario: Scenario, llm: LLM, run_dir: Path, agent_ids: list[int]):
+    if not scenario.training.enabled:
+        return None
+    from training.phase import Trainer
+
+    model = scenario.model
+    trainer = Trainer(llm, scenario.training, run_dir / "adapters", agent_ids, belief_tokens=model.belief_tokens,
+                      max_prompt_tokens=model.max_prompt_tokens, batch_size=model.batch_size)
+    trainer.attach()
+    return trainer
+
+
+def build_aed_meter(scenario: Scenario, dates: list[pd.Timestamp]):
+    if not scenario.aed.enabled:
+        return None
+    from simulation.aed_meter import AEDMeter
+
+    return AEDMeter(scenario.aed, dates[: scenario.run.steps])
+
+
+def _console(scenario: Scenario, model: MarketModel, run_dir: Path, llm: LLM, plain: bool):
+    header = {"run": str(run_dir), "model": llm.source.model_id, "device": str(llm.device), "dtype": str(llm.dtype).removeprefix("torch."),
+              "agents": str(len(model.investors)), "data": model.data.source}
+    if plain or not sys.stdout.isatty():
+        return PlainConsole(scenario.run.steps, header)
+    return LiveConsole(scenario.run.steps, header, model.investors)
+
+
+def _load_llm(scenario: Scenario) -> LLM:
+    import torch
+
+    if scenario.model.threads:
+        torch.set_num_threads(scenario.model.threads)
+    return LLM.load(scenario.model.path, scenario.model.gguf_file, scenario.model.device, scenario.model.dtype)
+
+
+def start(scenario_path: str, *, plain: bool = False, output_dir: str | None = None) -> RunResult:
+    scenario = load_scenario(scenario_path)
+    if output_dir is not None:
+        scenario = scenario.model_copy(update={"run": scenario.run.model_copy(update={"output_dir": output_dir})})
+    data, dates = load_data(scenario, scenario_path)
+    llm = _load_llm(scenario)
+    run_dir = new_run_dir(scenario.run.output_dir, scenario.run.name)
+    run_dir.mkdir(parents=True)
+    store = RunStore(run_dir / DATABASE)
+    store.start_run(run_id=f"{scenario.run.name}-{uuid.uuid4().hex[:8]}", name=scenario.run.name, scenario_path=str(Path(scenario_path).resolve()),
+                    scenario_toml=Path(scenario_path).read_text(encoding="utf-8"), master_seed=scenario.run.seed,
+                    model_id=llm.source.model_id, model_sha256=llm.sha256, device=str(llm.device), dtype=str(llm.dtype).removeprefix("torch."),
+                    package_versions=package_versions(), steps_planned=scenario.run.steps)
+    return _drive(scenario, data, dates, store, llm, run_dir, plain, resumed=False)
+
+
+def resume(run_dir: str | Path, *, plain: bool = False) -> RunResult:
+    run_dir = Path(run_dir)
+    database = run_dir / DATABASE if run_dir.is_dir() else run_dir
+    if not database.is_file():
+        raise UserError(str(run_dir), None, "no run database here", f"pass a run directory that contains {DATABASE}, e.g. runs/base")
+    run_dir = database.parent
+    store = RunStore(database)
+    info = store.run_info()
+    if not info:
+        raise UserError(str(database), "run", "the database has no run row (the run never started)", "start it again with: python -m simulation run SCENARIO")
+    if info["status"] == "completed":
+        raise UserError(str(database), "run.status", "this run is already completed", "start a new run instead of resuming")
+    scenario = parse_scenario(info["scenario_toml"], info["scenario_path"])
+    data, dates = load_data(scenario, info["scenario_path"])
+    llm = _load_llm(scenario)
+    if llm.sha256 != info["model_sha256"]:
+        raise UserError(str(database), "run.model_sha256", "the model weights differ from the ones this run started with", "point model.path at the original weights")
+    return _drive(scenario, data, dates, store, llm, run_dir, plain, resumed=True)
+
+
+def _drive(scenario: Scenario, data: MarketData, dates, store: RunStore, llm: LLM, run_dir: Path, plain: bool, resumed: bool) -> RunResult:
+    started = time.perf_counter()
+    model = MarketModel(scenario, data, dates, store, llm, aed_meter=build_aed_meter(scenario, dates))
+    model.trainer = build_trainer(scenario, llm, run_dir, [agent.agent_id for agent in model.investors])
+    store.con.execute("UPDATE run SET status = 'running', error = NULL")
+    if not resumed:
+        store.insert("agents", [agent_row(agent.spec) for agent in model.investors])
+    console = _console(scenario, model, run_dir, llm, plain)
+    model.observer = console
+    status = "failed"
+    try:
+        with console:
+            if resumed:
+                model.restore_from_store()
+                console.start_at(model.next_step)
+            model.catch_up_learning()
+            while model.next_step < scenario.run.steps:
+                model.step()
+        status = "completed"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        store.mark(status, "interrupted by the user", time.perf_counter() - started)
+        raise
+    except UserError as error:
+        store.mark("failed", str(error), time.perf_counter() - started)
+        raise
+    except BaseException as error:
+        store.mark("failed", f"{type(error).__name__}: {error}", time.perf_counter() - started)
+        raise
+    seconds = time.perf_counter() - started
+    store.mark(status, None, seconds)
+    store.close()
+    return RunResult(run_dir, run_dir / DATABASE, status, scenario.run.steps, seconds)
+
+
+def agent_row(spec) -> dict:
+    return {"agent_id": spec.agent_id, "group_name": spec.group, "visible_categories": list(spec.visible_categories),
+            "optimism": spec.persona.optimism, "rationality": spec.persona.rationality, "risk_preference": spec.persona.risk_preference,
+            "temperature": spec.temperature, "memory_length": spec.memory_length, "seed": spec.seed}
+
+
+EXAMPLE_QUERIES = """\
+-- price path against the data's fundamental path
+SELECT step, date, price, fundamental_price, net_demand FROM market ORDER BY step;
+-- reward and hit rate by group
+SELECT a.group_name, round(sum(d.reward), 4) AS reward, round(avg((sign(d.decision_depth) = sign(d.realised_return))::INT), 3) AS hit_rate
+FROM decisions d JOIN agents a USING (agent_id) GROUP BY 1 ORDER BY 2 DESC;
+-- what the agents believed on the last step
+SELECT agent_id, decision_depth, belief FROM decisions WHERE step = (SELECT max(step) FROM decisions) ORDER BY agent_id;"""
