@@ -131,20 +131,22 @@ class MarketConfig(Section):
 class TrainingConfig(Section):
     enabled: bool = Field(True, description="Run training phases (needs a trainable HF model).")
     every: int = Field(20, ge=1, description="Steps between training phases.")
-    algorithm: Literal["reinforce", "hindsight_grpo"] = Field("reinforce", description="See training/rl.py.")
+    algorithm: Literal["reinforce", "hindsight_grpo"] = Field("reinforce", description="'reinforce': each agent's phase samples are one group (per-agent leave-one-out baseline); 'hindsight_grpo': G completions per past state, scored against that day's realised return. See training/rl.py.")
     reward: Literal["linear", "risk_adjusted"] = Field("linear", description="'linear' = return * depth; 'risk_adjusted' subtracts a variance penalty scaled by risk preference.")
     risk_aversion: float = Field(20.0, ge=0.0, description="lambda of the risk-adjusted reward; see training/rewards.py.")
-    reward_scale: float = Field(100.0, gt=0.0, description="Rewards are multiplied by this before the update (returns are ~0.01).")
-    lora_rank: int = Field(8, ge=1, le=256)
-    lora_alpha: float = Field(16.0, gt=0.0)
-    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1)
-    learning_rate: float = Field(2e-4, gt=0.0, le=1.0)
+    reward_scale: float = Field(100.0, gt=0.0, description="Advantages are multiplied by this (returns are ~0.01); it sets the policy gradient's weight against kl_coef.")
+    lora_rank: int = Field(8, ge=1, le=256, description="Rank r of every agent's LoRA adapter.")
+    lora_alpha: float = Field(16.0, gt=0.0, description="LoRA scaling numerator: the update is (alpha / r) * B A.")
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input during updates.")
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1, description="Linear layers that get LoRA (attention by default; add gate_proj, up_proj, down_proj for the MLP).")
+    learning_rate: float = Field(2e-4, gt=0.0, le=1.0, description="AdamW learning rate (fresh optimizer every phase).")
     kl_coef: float = Field(0.05, ge=0.0, description="Weight of the KL penalty to the base model (adapter off).")
-    grad_clip: float = Field(1.0, gt=0.0)
-    epochs: int = Field(2, ge=1, le=100, description="Passes over a phase's samples.")
-    group_size: int = Field(4, ge=2, le=64, description="Completions sampled per past state (hindsight_grpo).")
-    micro_batch: int = Field(8, ge=1, le=1024, description="Sequences per forward/backward pass.")
+    clip_epsilon: float = Field(0.2, gt=0.0, lt=1.0, description="PPO-style clip of the probability ratio; only acts from the second epoch on.")
+    grad_clip: float = Field(1.0, gt=0.0, description="Max gradient norm of one agent's adapter per optimizer step.")
+    epochs: int = Field(1, ge=1, le=100, description="Passes over a phase's samples.")
+    max_samples: int = Field(8, ge=0, le=100_000, description="Most recent samples per agent a phase learns from; 0 = all since the last phase.")
+    group_size: int = Field(4, ge=2, le=64, description="Completions per past state (hindsight_grpo): the original plus group_size - 1 new ones.")
+    micro_batch: int = Field(4, ge=1, le=1024, description="Sequences per forward/backward pass; one optimizer step each.")
 
 
 class AEDConfig(Section):
@@ -281,9 +283,11 @@ def _explain(error: dict[str, Any], key: str) -> tuple[str, str]:
     if kind == "value_error":
         return message.removeprefix("Value error, "), "see the comments in scenarios/base.toml"
     if kind.endswith("_type") or kind.endswith("_parsing"):
-        return f"{message.lower()} (got {error.get('input')!r})", "change the value's type; see scenarios/base.toml"
-    if kind in ("too_short", "too_long", "string_pattern_mismatch"):
-        return f"{message.lower()}", "see the comments in scenarios/base.toml"
+        return f"{message[0].lower() + message[1:]} (got {error.get('input')!r})", "change the value's type; see scenarios/base.toml"
+    if kind == "string_pattern_mismatch":
+        return f"{error.get('input')!r} has characters that are not allowed", "use only letters, digits, '_', '.' and '-'"
+    if kind in ("too_short", "too_long"):
+        return message[0].lower() + message[1:], "see the comments in scenarios/base.toml"
     return message, "see the comments in scenarios/base.toml"
 
 

@@ -21,7 +21,7 @@ from agents.llm import LLM
 from market.data import MarketData
 from simulation.config import Scenario, check_against_data, load_scenario, parse_scenario
 from simulation.console import LiveConsole, PlainConsole
-from simulation.errors import ScenarioError, UserError
+from simulation.errors import DataFileError, UserError
 from simulation.model import MarketModel
 from simulation.seeding import child_seed
 from simulation.store import RunStore, package_versions
@@ -58,6 +58,8 @@ def load_data(scenario: Scenario, scenario_file: str) -> tuple[MarketData, list[
         path = Path(config.path).expanduser()
         if not path.is_absolute() and not path.exists():
             path = Path(scenario_file).parent / path  # relative to the scenario file
+        if not path.exists():
+            raise DataFileError(str(path), "data.path", "file not found", f"fix data.path in {scenario_file} (relative paths are read from the current directory or the scenario's folder)")
         data = load_user_file(path)
     data = data.window(config.start, config.end)
     dates = data.dates

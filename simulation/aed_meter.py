@@ -1,0 +1,85 @@
+"""Measuring AED during a run: the agents answer a fixed probe set, with the environment frozen.
+
+The probe set is K dates spread evenly over the run's dates (times each asset), fixed for the
+whole run. At a measurement every agent sees each probe state as it would have then (its own
+categories, the data's fundamental price, no news, no memory) and answers greedily, with its
+current adapter. Decisions and belief embeddings go to `analysis.aed`; drift is taken against the
+previous measurement, which is read back from the database so a resumed run measures the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from analysis.aed import AEDResult, aed_rows, measure_aed
+from analysis.embeddings import embed_beliefs, load_embedder
+from simulation.config import AEDConfig
+
+
+@dataclass
+class AEDMeasurement:
+    result: AEDResult
+    beliefs: list[list[str]]
+    embedder: str
+
+    @property
+    def aed_decision(self) -> float:
+        return self.result.aed_decision
+
+    @property
+    def aed_belief(self) -> float:
+        return self.result.aed_belief
+
+    def insert_into(self, store) -> None:
+        for table, rows in aed_rows(self.result, self.beliefs, self.embedder).items():
+            store.insert(table, rows)
+
+
+class AEDMeter:
+    def __init__(self, config: AEDConfig, run_dates: list[pd.Timestamp]):
+        self.config = config
+        picks = np.linspace(0, len(run_dates) - 1, num=min(config.probes, len(run_dates))).round().astype(int)
+        self.probe_steps = sorted(set(int(i) for i in picks))
+        self.probe_dates = [run_dates[i] for i in self.probe_steps]
+        self._embedder = None
+
+    @property
+    def embedder(self):
+        if self._embedder is None:
+            self._embedder = load_embedder(self.config.embedder)
+        return self._embedder
+
+    def answers(self, model) -> tuple[np.ndarray, list[list[str]]]:
+        """Every agent's greedy (decision, belief) on every probe: shapes (K, N) and K x N."""
+        decisions, beliefs = [], []
+        for probe_step, date in zip(self.probe_steps, self.probe_dates):
+            prices = {asset: float(model.fundamental.loc[date, asset]) for asset in model.assets}
+            observations = model.gather_factors(probe_step, date, news={}, use_memory=False, prices=prices)
+            completions = model.deliberate(probe_step, observations, greedy=True, seed_key="aed")
+            for asset in model.assets:
+                rows = [c for o, c in zip(observations, completions) if o.asset == asset]
+                decisions.append([c.decision_depth for c in rows])
+                beliefs.append([c.belief for c in rows])
+        return np.array(decisions, dtype=float), beliefs
+
+    def measure(self, model, phase: int, step: int) -> AEDMeasurement:
+        decisions, beliefs = self.answers(model)
+        previous = self._previous(model.store, phase)
+        result = measure_aed(phase, step, decisions, embed_beliefs(self.embedder, beliefs), previous)
+        return AEDMeasurement(result, beliefs, self.embedder.name)
+
+    def _previous(self, store, phase: int) -> AEDResult | None:
+        """The last measurement before `phase`, rebuilt from the aed_probes table."""
+        earlier = store.query("SELECT max(phase) AS phase FROM aed WHERE phase < ?", [phase])["phase"]
+        if not len(earlier) or pd.isna(earlier.iloc[0]):
+            return None
+        last = int(earlier.iloc[0])
+        rows = store.query("SELECT probe, agent_id, belief, decision_depth FROM aed_probes WHERE phase = ? ORDER BY probe, agent_id", [last])
+        n_probes, n_agents = rows["probe"].nunique(), rows["agent_id"].nunique()
+        decisions = rows["decision_depth"].to_numpy().reshape(n_probes, n_agents)
+        beliefs = rows["belief"].fillna("").to_numpy().reshape(n_probes, n_agents).tolist()
+        step = int(store.scalar("SELECT step FROM aed WHERE phase = ?", [last]))
+        return measure_aed(last, step, decisions, embed_beliefs(self.embedder, beliefs))

@@ -1,0 +1,58 @@
+import pytest
+
+from agents.decoding import COMPLETE_NUMBERS, NUMBER_PREFIXES, parse_decision, split_completion
+
+
+def test_every_accepted_spelling_is_a_number_in_range():
+    for spelling in COMPLETE_NUMBERS:
+        assert -10.0 <= float(spelling) <= 10.0
+    assert "10.5" not in COMPLETE_NUMBERS and "11" not in COMPLETE_NUMBERS and "1.25" not in COMPLETE_NUMBERS
+    assert {"-10", "10", "0", "7.5", "-0.3", "+4"} <= COMPLETE_NUMBERS
+    assert "1" in NUMBER_PREFIXES and "-" in NUMBER_PREFIXES and "10." in NUMBER_PREFIXES and "10.1" not in NUMBER_PREFIXES
+
+
+@pytest.mark.parametrize("completion, value, reason", [
+    ("Prices look firm.\nDecision: 7.5", 7.5, None),
+    ("Bearish.\nDecision: -3", -3.0, None),
+    ("", 0.0, "empty"),
+    ("   \n ", 0.0, "empty"),
+    ("I think it will rise a lot and", 0.0, "truncated"),
+    ("Looks good.\nDecision: buy", 0.0, "non_numeric"),
+    ("Huge upside.\nDecision: 42", 10.0, "out_of_range"),
+    ("Crash.\nDecision: -15.5", -10.0, "out_of_range"),
+])
+def test_parse_decision_falls_back_with_a_reason(completion, value, reason):
+    assert parse_decision(completion) == (value, reason)
+
+
+def test_split_completion_separates_belief_and_decision():
+    assert split_completion("Momentum is strong.\nDecision: 4") == ("Momentum is strong.", "4")
+    assert split_completion("no marker at all") == ("no marker at all", "")
+
+
+def test_every_generated_decision_is_valid_even_from_random_weights(tiny_llm):
+    prompt = tiny_llm.chat_prompt("You are an investor.", "Momentum +0.5. Your belief?")
+    completions = tiny_llm.generate([prompt] * 12, [1.5] * 12, belief_tokens=6, seed=3)
+    for completion in completions:
+        assert completion.fallback_reason is None
+        assert -10.0 <= completion.decision_depth <= 10.0
+        assert "Decision: " in completion.completion
+        # the forced marker tokens are exactly the untrainable ones
+        forced = [t for t, trainable in zip(completion.completion_ids, completion.trainable) if not trainable]
+        assert tiny_llm.tokenizer.decode(forced).strip() == "Decision:"
+
+
+def test_generation_is_reproducible_for_a_seed_and_differs_across_seeds(tiny_llm):
+    prompt = tiny_llm.chat_prompt("You are an investor.", "Momentum +0.5. Your belief?")
+    first = [c.completion for c in tiny_llm.generate([prompt] * 4, [1.0] * 4, belief_tokens=6, seed=5)]
+    again = [c.completion for c in tiny_llm.generate([prompt] * 4, [1.0] * 4, belief_tokens=6, seed=5)]
+    other = [c.completion for c in tiny_llm.generate([prompt] * 4, [1.0] * 4, belief_tokens=6, seed=6)]
+    assert first == again
+    assert first != other
+
+
+def test_temperature_zero_rows_are_greedy_within_a_sampled_batch(tiny_llm):
+    prompt = tiny_llm.chat_prompt("You are an investor.", "Momentum +0.5. Your belief?")
+    a = tiny_llm.generate([prompt] * 3, [0.0, 1.5, 0.0], belief_tokens=6, seed=1)
+    b = tiny_llm.generate([prompt] * 3, [0.0, 1.5, 0.0], belief_tokens=6, seed=2)
+    assert a[0].completion == a[2].completion == b[0].completion == b[2].completion
