@@ -69,6 +69,13 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys(args: argparse.Namespace) -> int:
+    from simulation.reference import scenario_reference
+
+    print(scenario_reference(), end="")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="python -m simulation", description="A market of heterogeneous, learning LLM investors. Every output goes to DuckDB.")
     commands = root.add_subparsers(dest="command", required=True)
@@ -85,6 +92,8 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("runs", nargs="+", help="run directories (or run.duckdb files); several are compared side by side")
     report.add_argument("--out", help="output HTML file (default: report.html beside the first run)")
     report.set_defaults(handler=_report)
+    keys = commands.add_parser("keys", help="print the scenario reference (every key, default and range)")
+    keys.set_defaults(handler=_keys)
     return root
 
 
