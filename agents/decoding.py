@@ -139,32 +139,44 @@ class DecisionSlotProcessor(LogitsProcessor):
     """
 
     def __init__(self, vocabulary: SlotVocabulary, prompt_length: int, belief_tokens: int, temperatures: list[float]):
-        self.prompt_length, self.temperatures = prompt_length, temperatures
+        self.prompt_length = prompt_length
         self.states = [SlotState(vocabulary, belief_tokens) for _ in temperatures]
-        self.stop_ids, self.newline_ids = list(vocabulary.stop_ids), sorted(vocabulary.newline_ids)
+        self.stop_ids = torch.tensor(vocabulary.stop_ids)
+        self.newline_ids = torch.tensor(sorted(vocabulary.newline_ids))
+        self.temperatures = torch.tensor(temperatures, dtype=torch.float32).clamp_min(1e-6)[:, None]
+        self.greedy = torch.tensor([t == 0.0 for t in temperatures])
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if input_ids.shape[1] > self.prompt_length:
             for state, token in zip(self.states, input_ids[:, -1].tolist()):
                 state.advance(token)
         scores = scores.float()
+        device = scores.device
+        # One mask for the whole batch: a few tensor ops per token, whatever the batch size.
+        banned = torch.zeros_like(scores, dtype=torch.bool)
+        constrained_rows, constrained_ids, young_rows = [], [], []
         for row, state in enumerate(self.states):
             allowed = state.allowed()
-            if allowed is None:  # free belief text
-                scores[row, self.stop_ids] = -math.inf
+            if allowed is None:  # free belief text: no ending yet, no newline too early
                 if state.belief_tokens < MIN_BELIEF_TOKENS:
-                    scores[row, self.newline_ids] = -math.inf
+                    young_rows.append(row)
             else:
-                kept = scores[row, allowed].clone()
-                scores[row] = -math.inf
-                scores[row, allowed] = kept
-            temperature = self.temperatures[row]
-            if temperature == 0.0:
-                best = int(scores[row].argmax())
-                scores[row] = -math.inf
-                scores[row, best] = 0.0
-            else:
-                scores[row] = scores[row] / temperature
+                constrained_rows.append(row)
+                constrained_ids.append(allowed)
+        banned[:, self.stop_ids.to(device)] = True
+        if young_rows:
+            banned[torch.tensor(young_rows, device=device)[:, None], self.newline_ids.to(device)] = True
+        if constrained_rows:
+            rows = torch.tensor([r for r, ids in zip(constrained_rows, constrained_ids) for _ in ids], device=device)
+            ids = torch.tensor([i for ids in constrained_ids for i in ids], device=device)
+            banned[torch.tensor(constrained_rows, device=device)] = True
+            banned[rows, ids] = False
+        scores = scores.masked_fill(banned, -math.inf) / self.temperatures.to(device)
+        greedy = self.greedy.to(device)
+        if greedy.any():
+            best = scores.argmax(dim=-1, keepdim=True)
+            one_hot = torch.full_like(scores, -math.inf).scatter_(1, best, 0.0)
+            scores = torch.where(greedy[:, None], one_hot, scores)
         return scores
 
 

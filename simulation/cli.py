@@ -69,6 +69,17 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from analysis.compare import compare_runs
+
+    results = compare_runs(args.first, args.second)
+    for result in results:
+        print(f"{result.table:<16} rows {result.rows[0]:>7} vs {result.rows[1]:<7} {result.detail}")
+    identical = sum(r.identical for r in results)
+    print(f"{identical} of {len(results)} tables identical")
+    return 0 if identical == len(results) else 1
+
+
 def _keys(args: argparse.Namespace) -> int:
     from simulation.reference import scenario_reference
 
@@ -92,6 +103,10 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("runs", nargs="+", help="run directories (or run.duckdb files); several are compared side by side")
     report.add_argument("--out", help="output HTML file (default: report.html beside the first run)")
     report.set_defaults(handler=_report)
+    compare = commands.add_parser("compare", help="compare two runs table by table (timings excluded)")
+    compare.add_argument("first", help="run directory or run.duckdb")
+    compare.add_argument("second", help="run directory or run.duckdb")
+    compare.set_defaults(handler=_compare)
     keys = commands.add_parser("keys", help="print the scenario reference (every key, default and range)")
     keys.set_defaults(handler=_keys)
     return root

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from agents.llm import LLM
+from analysis.rundb import RUN_DB_FILE as DATABASE, resolve_run_db
 from market.data import MarketData
 from simulation.config import Scenario, check_against_data, load_scenario, parse_scenario
 from simulation.console import LiveConsole, PlainConsole
@@ -25,8 +26,6 @@ from simulation.errors import DataFileError, UserError
 from simulation.model import MarketModel
 from simulation.seeding import child_seed
 from simulation.store import RunStore, package_versions
-
-DATABASE = "run.duckdb"
 
 
 @dataclass
@@ -119,20 +118,23 @@ def start(scenario_path: str, *, plain: bool = False, output_dir: str | None = N
     data, dates = load_data(scenario, scenario_path)
     llm = _load_llm(scenario)
     run_dir = new_run_dir(scenario.run.output_dir, scenario.run.name)
-    run_dir.mkdir(parents=True)
-    store = RunStore(run_dir / DATABASE)
+    # Build the database beside its final name and rename it into place: a run directory that
+    # exists always holds a run row, whenever the process is killed.
+    starting = run_dir.with_name(run_dir.name + ".starting")
+    starting.mkdir(parents=True, exist_ok=True)
+    store = RunStore(starting / DATABASE)
     store.start_run(run_id=f"{scenario.run.name}-{uuid.uuid4().hex[:8]}", name=scenario.run.name, scenario_path=str(Path(scenario_path).resolve()),
                     scenario_toml=Path(scenario_path).read_text(encoding="utf-8"), master_seed=scenario.run.seed,
                     model_id=llm.source.model_id, model_sha256=llm.sha256, device=str(llm.device), dtype=str(llm.dtype).removeprefix("torch."),
                     package_versions=package_versions(), steps_planned=scenario.run.steps)
+    store.close()
+    starting.rename(run_dir)
+    store = RunStore(run_dir / DATABASE)
     return _drive(scenario, data, dates, store, llm, run_dir, plain, resumed=False)
 
 
 def resume(run_dir: str | Path, *, plain: bool = False) -> RunResult:
-    run_dir = Path(run_dir)
-    database = run_dir / DATABASE if run_dir.is_dir() else run_dir
-    if not database.is_file():
-        raise UserError(str(run_dir), None, "no run database here", f"pass a run directory that contains {DATABASE}, e.g. runs/base")
+    database = resolve_run_db(run_dir)
     run_dir = database.parent
     store = RunStore(database)
     info = store.run_info()
@@ -157,7 +159,6 @@ def _drive(scenario: Scenario, data: MarketData, dates, store: RunStore, llm: LL
         store.insert("agents", [agent_row(agent.spec) for agent in model.investors])
     console = _console(scenario, model, run_dir, llm, plain)
     model.observer = console
-    status = "failed"
     try:
         with console:
             if resumed:
@@ -166,21 +167,18 @@ def _drive(scenario: Scenario, data: MarketData, dates, store: RunStore, llm: LL
             model.catch_up_learning()
             while model.next_step < scenario.run.steps:
                 model.step()
-        status = "completed"
     except KeyboardInterrupt:
-        status = "interrupted"
-        store.mark(status, "interrupted by the user", time.perf_counter() - started)
-        raise
-    except UserError as error:
-        store.mark("failed", str(error), time.perf_counter() - started)
+        store.mark("interrupted", "interrupted by the user", time.perf_counter() - started)
         raise
     except BaseException as error:
-        store.mark("failed", f"{type(error).__name__}: {error}", time.perf_counter() - started)
+        message = str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
+        store.mark("failed", message, time.perf_counter() - started)
         raise
-    seconds = time.perf_counter() - started
-    store.mark(status, None, seconds)
-    store.close()
-    return RunResult(run_dir, run_dir / DATABASE, status, scenario.run.steps, seconds)
+    else:
+        store.mark("completed", None, time.perf_counter() - started)
+    finally:
+        store.close()  # mark() has run by now, so the status is on disk
+    return RunResult(run_dir, run_dir / DATABASE, "completed", scenario.run.steps, time.perf_counter() - started)
 
 
 def agent_row(spec) -> dict:
