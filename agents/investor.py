@@ -53,9 +53,9 @@ class InvestorAgent(mesa.Agent):
     def agent_id(self) -> int:
         return self.spec.agent_id
 
-    def observe(self, *, date: str, asset: str, price: float, factors: pd.DataFrame, news: list[str], use_memory: bool = True) -> Observation:
+    def observe(self, *, asset: str, price: float, factors: pd.DataFrame, news: list[str], use_memory: bool = True) -> Observation:
         """The agent's view: only its own categories (the factor store already filtered them)."""
-        user = user_message(date=date, asset=asset, price=price, factors=factors, news=news, memory=list(self.memory) if use_memory else [])
+        user = user_message(asset=asset, price=price, factors=factors, news=news, memory=list(self.memory) if use_memory else [])
         return Observation(self.agent_id, asset, factors, system_message(self.spec.persona), user)
 
     def settle(self, *, date: str, belief: str, decision_depth: float, realised_return: float, reward: float) -> None:

@@ -4,6 +4,8 @@ The persona (optimism, rationality, risk preference in [0, 1]) becomes the syste
 agent's visible factors, any news it may read, and its memory become the user message. Numbers are
 rounded and the text is kept compact: on a 2-core CPU the prompt's length is most of a step's cost.
 The model is asked only for the belief; the decision slot is forced by `agents.decoding`.
+The calendar date is deliberately left out: a model that has read the news of a real date in its
+pretraining data could otherwise recall what came next, a look-ahead no factor filter can stop.
 """
 
 from __future__ import annotations
@@ -48,21 +50,23 @@ def _signed(value: float) -> str:
 
 def user_message(
     *,
-    date: str,
     asset: str,
     price: float,
     factors: pd.DataFrame,
     news: list[str],
     memory: list[Memory],
 ) -> str:
-    """The market as this agent may see it. `factors` has columns category, name, value."""
-    lines = [f"Date {date}. {asset} price {price:.2f}."]
+    """The market as this agent may see it (no date: see the module docstring).
+
+    `factors` has columns category, name, value.
+    """
+    lines = [f"{asset} price {price:.2f}."]
     for category, rows in factors.groupby("category", sort=True):
         values = ", ".join(f"{name}={_signed(value)}" for name, value in zip(rows["name"], rows["value"]))
         lines.append(f"{category.capitalize()} factors: {values}.")
     lines += [f"News: {text}" for text in news]
     if memory:
-        history = "; ".join(f"{m.date} decision {m.decision_depth:+.1f}, return {m.realised_return * 100:+.1f}%" for m in memory)
-        lines.append(f"Your recent trades: {history}.")
+        history = ", ".join(f"{m.decision_depth:+.0f} then {m.realised_return * 100:+.1f}%" for m in memory)
+        lines.append(f"Your recent trades (decision then next-day return): {history}.")
     lines.append(f"In one sentence, state your belief about {asset}'s return tomorrow.")
     return "\n".join(lines)

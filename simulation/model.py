@@ -125,7 +125,7 @@ class MarketModel(mesa.Model):
                 factors = self.factor_store.visible(date, asset, agent.spec.visible_categories)
                 visible_news = [text for category in agent.spec.visible_categories for text in news.get(category, [])]
                 price = (prices or self.prices)[asset]
-                observations.append(agent.observe(date=str(date.date()), asset=asset, price=price, factors=factors, news=visible_news, use_memory=use_memory))
+                observations.append(agent.observe(asset=asset, price=price, factors=factors, news=visible_news, use_memory=use_memory))
         return observations
 
     def deliberate(self, t: int, observations: list[Observation], greedy: bool = False, seed_key: str = "deliberate") -> list[Completion]:

@@ -80,6 +80,12 @@ def test_every_decision_is_in_range_and_rewarded_by_return_times_depth(finished_
     assert rate == 0.0  # the forced slot never needs a fallback
 
 
+def test_prompts_never_name_the_calendar_date(finished_run):
+    _, con = finished_run
+    leaked = con.execute("SELECT count(*) FROM decisions WHERE contains(prompt, strftime(date, '%Y-%m-%d')) OR contains(prompt, '2020')").fetchall()[0][0]
+    assert leaked == 0
+
+
 def test_memory_of_past_trades_reaches_the_prompt(finished_run):
     _, con = finished_run
     first, later = (con.execute("SELECT prompt FROM decisions WHERE agent_id = 1 AND step = ?", [s]).fetchall()[0][0] for s in (0, 3))
