@@ -10,6 +10,7 @@ import argparse
 import gc
 import os
 import sys
+import warnings
 
 from simulation.errors import UserError
 
@@ -20,6 +21,7 @@ EXIT_INTERRUPTED = 130
 def _quiet_libraries() -> None:
     """Library progress bars and advice would drown the console; errors still surface."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
