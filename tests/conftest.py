@@ -106,3 +106,16 @@ def tiny_scenario(folder: Path, model_dir: Path, *, steps: int = 6, impact: floa
         probes = 2
         {extra}
         """)
+
+
+def crash_then_resume(monkeypatch, scenario: Path, owner: type, method: str, crashing):
+    """Start `scenario` with `owner.method` replaced by `crashing(original)`, which must raise
+    RuntimeError; then put the method back and resume the run to the end."""
+    from simulation.run import resume, start
+
+    original = getattr(owner, method)
+    monkeypatch.setattr(owner, method, crashing(original))
+    with pytest.raises(RuntimeError):
+        start(str(scenario), plain=True)
+    monkeypatch.setattr(owner, method, original)
+    return resume(scenario.parent / "runs" / "tiny", plain=True)

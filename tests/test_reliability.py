@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import duckdb
 import pytest
@@ -15,21 +14,13 @@ from analysis.compare import compare_runs
 from simulation.cli import EXIT_USER_ERROR, main
 from simulation.errors import StoreError
 from simulation.model import MarketModel
-from simulation.run import resume, start
+from simulation.run import start
 from simulation.store import RunStore
-from conftest import tiny_scenario
+from conftest import crash_then_resume, tiny_scenario
 
 
 def _identical(first, second) -> bool:
     return all(result.identical for result in compare_runs(first, second))
-
-
-def _status(database) -> str:
-    con = duckdb.connect(str(database), read_only=True)
-    try:
-        return con.execute("SELECT status FROM run").fetchall()[0][0]
-    finally:
-        con.close()
 
 
 @pytest.fixture(scope="module")
@@ -52,25 +43,30 @@ def test_another_seed_gives_other_decisions(reference_run, tmp_path, tiny_model_
 
 
 def test_resume_after_a_crash_equals_the_uninterrupted_run(reference_run, tmp_path, tiny_model_dir, monkeypatch):
-    original_step = MarketModel.step
+    def crash_at_step_3(original):
+        def step(model):
+            if model.next_step == 3:
+                assert model.store.last_committed_step() == 2
+                raise RuntimeError("simulated crash")
+            return original(model)
+        return step
 
-    def crash_at_step_3(model):
-        if model.next_step == 3:
-            raise RuntimeError("simulated crash")
-        return original_step(model)
-
-    monkeypatch.setattr(MarketModel, "step", crash_at_step_3)
     path = tiny_scenario(tmp_path, tiny_model_dir, steps=6, impact=0.01)
-    with pytest.raises(RuntimeError):
-        start(str(path), plain=True)
-    run_dir = tmp_path / "runs" / "tiny"
-    assert _status(run_dir / "run.duckdb") == "failed"
-    assert RunStore(run_dir / "run.duckdb").last_committed_step() == 2
-
-    monkeypatch.setattr(MarketModel, "step", original_step)
-    result = resume(run_dir, plain=True)
+    result = crash_then_resume(monkeypatch, path, MarketModel, "step", crash_at_step_3)
     assert result.status == "completed"
     assert _identical(reference_run.database, result.database)
+
+
+def test_a_crashed_run_is_marked_failed_with_its_error(tmp_path, tiny_model_dir, monkeypatch):
+    def crash(model):
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(MarketModel, "step", crash)
+    with pytest.raises(RuntimeError):
+        start(str(tiny_scenario(tmp_path, tiny_model_dir, steps=3)), plain=True)
+    con = duckdb.connect(str(tmp_path / "runs" / "tiny" / "run.duckdb"), read_only=True)
+    assert con.execute("SELECT status, error FROM run").fetchall() == [("failed", "RuntimeError: simulated crash")]
+    con.close()
 
 
 def test_a_step_that_fails_mid_commit_leaves_no_half_step(tmp_path, tiny_model_dir, monkeypatch):

@@ -1,0 +1,278 @@
+"""Learning benchmark: do per-agent LoRA updates learn a planted signal, and do beliefs survive?
+
+On the synthetic market a signal is planted in one category (`fundamental`: its latent at t has
+correlation 0.6 with the return from t to t+1; every other category is pure noise). Per seed,
+two agents share the persona and differ only in what they may read:
+
+- **treated** reads `fundamental`, so a better policy exists for it;
+- **control** reads `sentiment` (noise), so training can only fit noise: no comparable gain.
+
+Both are trained on the same train dates for `iterations` phases (each phase: the agent decides on
+`states` train dates, is paid `return * depth`, and one `Trainer.run_phase` updates its adapter;
+hindsight_grpo by default) and evaluated on later held-out dates, once before training (the base
+model; adapters are zero) and once after, at the agent's temperature with a fixed seed. Every
+seed's agents share one base model and one batched `generate`, as in the simulation.
+
+Reported per seed and as mean ± std over seeds: held-out mean reward and corr(decision_depth,
+next return), and beside them the belief-quality figures: exact per-token belief KL to the base
+model and the share of beliefs that read as market text (training/belief_quality.py), plus a
+few beliefs before/after. Prompts come from agents/prompts.py, as the simulation writes them
+(no memory: held-out states are independent of the agent's history).
+
+    python -m benchmarks.learning            # full: 3 seeds (about 15-20 min on 2 CPU cores)
+    python -m benchmarks.learning --quick    # a short smoke run (a few minutes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import torch
+
+from agents.llm import LLM, Completion
+from agents.prompts import Memory, Persona, system_message, user_message
+from market.factor_store import FactorStore
+from market.sources.synthetic import generate_synthetic
+from simulation.config import TrainingConfig
+from simulation.seeding import child_seed
+from training.belief_quality import belief_kl, belief_text_share
+from training.phase import Trainer
+from training.rewards import reward
+from training.rl import Scored
+from training.samples import sample_from_completion
+
+RESULTS_DIR = Path(__file__).parent / "results"
+ASSET = "SYN0"
+TREATED, CONTROL = ("fundamental",), ("sentiment",)
+PERSONA = Persona(optimism=0.5, rationality=0.8, risk_preference=0.5)
+
+
+@dataclass(frozen=True)
+class Settings:
+    seeds: tuple[int, ...] = (0, 1, 2)
+    signal: float = 0.6                 # corr(fundamental latent at t, return t -> t+1)
+    train_dates: int = 60
+    heldout_dates: int = 24
+    iterations: int = 5                 # training phases
+    states: int = 8                     # train dates each agent decides on per phase
+    eval_samples: int = 2               # completions per held-out date and agent
+    kl_examples: int = 8                # held-out completions per agent scored for belief KL
+    temperature: float = 0.7            # the agents' sampling temperature, in training and evaluation
+    belief_tokens: int = 16
+    training: TrainingConfig = field(default_factory=lambda: TrainingConfig(
+        algorithm="hindsight_grpo", group_size=4, max_samples=0, epochs=2, micro_batch=8, learning_rate=1e-3,
+        lora_rank=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        kl_coef=0.05, reward_scale=100.0,
+    ))
+
+
+QUICK = Settings(seeds=(0,), train_dates=30, heldout_dates=12, iterations=2, states=4, kl_examples=4)
+
+
+class MarketPrompts:
+    """One synthetic market and the prompts the simulation would write on it."""
+
+    def __init__(self, llm: LLM, *, seed: int, signal: dict[str, float], n_days: int):
+        self.llm = llm
+        self.data = generate_synthetic(n_assets=1, n_days=n_days, start_date="2020-01-01", signal=signal, factors_per_category=2, seed=seed)
+        self.store = FactorStore(duckdb.connect(), self.data)
+        prices = self.data.prices[self.data.prices["asset"] == ASSET].set_index("date")
+        self.closes = prices["close"]
+        self.dates = list(self.closes.index[:-1])  # every date with a next return
+
+    def next_return(self, date: pd.Timestamp) -> float:
+        position = self.closes.index.get_loc(date)
+        return float(self.closes.iloc[position + 1] / self.closes.iloc[position] - 1.0)
+
+    def prompt(self, date: pd.Timestamp, categories: tuple[str, ...], memory_length: int = 0) -> str:
+        factors = self.store.visible(date, ASSET, list(categories))
+        position = self.closes.index.get_loc(date)
+        memory = [
+            Memory(str(past.date()), "", 2.0, self.next_return(past), 0.0)
+            for past in self.closes.index[max(position - memory_length, 0):position]
+        ]
+        user = user_message(asset=ASSET, price=float(self.closes.loc[date]), factors=factors, news=[], memory=memory)
+        return self.llm.chat_prompt(system_message(PERSONA), user)
+
+
+@dataclass(frozen=True)
+class Agent:
+    agent_id: int
+    seed: int
+    arm: str                      # "treated" or "control"
+    categories: tuple[str, ...]
+
+
+def evaluate(llm: LLM, trainer: Trainer, agents: list[Agent], markets: dict[int, MarketPrompts], dates: dict[int, list[pd.Timestamp]], settings: Settings, *, measure_kl: bool) -> dict[int, dict]:
+    """Held-out figures per agent, from one batched generate at a fixed seed."""
+    requests = [(agent, date, k) for agent in agents for date in dates[agent.seed] for k in range(settings.eval_samples)]
+    completions = llm.generate(
+        [markets[agent.seed].prompt(date, agent.categories) for agent, date, _ in requests], [settings.temperature] * len(requests),
+        [trainer.adapter_name(agent.agent_id) for agent, _, _ in requests], belief_tokens=settings.belief_tokens, batch_size=32, seed=12345,
+    )
+    results = {}
+    for agent in agents:
+        rows = [(date, k, completion) for (a, date, k), completion in zip(requests, completions) if a is agent]
+        decisions = np.array([completion.decision_depth for _, _, completion in rows])
+        returns = np.array([markets[agent.seed].next_return(date) for date, _, _ in rows])
+        scored = [completion for date, k, completion in rows if k == 0][: settings.kl_examples]
+        kl = None
+        if measure_kl:
+            kls = belief_kl(llm, [trainer.adapter_name(agent.agent_id)] * len(scored), [_as_scored(c, settings.temperature) for c in scored], settings.belief_tokens)
+            kl = statistics.fmean(value for value in kls if value is not None)
+        results[agent.agent_id] = {
+            "mean_reward": float(np.mean(returns * decisions)),
+            "corr": _corr(decisions, returns),
+            "mean_decision": float(decisions.mean()),
+            "decision_std": float(decisions.std()),
+            "belief_kl": kl if measure_kl else 0.0,  # fresh adapters are the base model: KL = 0 exactly
+            "belief_text_share": belief_text_share([c.belief for _, _, c in rows], [c.prompt for _, _, c in rows]),
+            "beliefs": [f"{c.belief} => {c.decision_depth:+.1f}" for _, k, c in rows if k == 0][:3],
+        }
+    return results
+
+
+def train(llm: LLM, trainer: Trainer, agents: list[Agent], markets: dict[int, MarketPrompts], dates: dict[int, list[pd.Timestamp]], settings: Settings) -> list[dict]:
+    """`iterations` phases: decide on `states` train dates, get paid, update every adapter."""
+    log = []
+    for iteration in range(settings.iterations):
+        started = time.perf_counter()
+        rng = np.random.default_rng(child_seed(0, "benchmark-states", iteration))
+        picked = {seed: [dates[seed][i] for i in rng.choice(len(dates[seed]), settings.states, replace=False)] for seed in markets}
+        requests = [(agent, date) for agent in agents for date in picked[agent.seed]]
+        completions = llm.generate(
+            [markets[agent.seed].prompt(date, agent.categories) for agent, date in requests], [settings.temperature] * len(requests),
+            [trainer.adapter_name(agent.agent_id) for agent, _ in requests], belief_tokens=settings.belief_tokens, batch_size=32,
+            seed=child_seed(0, "benchmark-act", iteration),
+        )
+        samples: dict[int, list] = {agent.agent_id: [] for agent in agents}
+        for step, ((agent, date), completion) in enumerate(zip(requests, completions)):
+            realised = markets[agent.seed].next_return(date)
+            samples[agent.agent_id].append(sample_from_completion(
+                completion, agent_id=agent.agent_id, step=step, realised_return=realised,
+                reward=reward("linear", realised, completion.decision_depth), temperature=settings.temperature,
+                risk_preference=PERSONA.risk_preference, recent_variance=0.0))
+        rows = trainer.run_phase(iteration + 1, iteration, samples, seed=child_seed(0, "benchmark-phase", iteration))
+        entry = {"iteration": iteration + 1, "seconds": round(time.perf_counter() - started, 1),
+                 "agents": {row.agent_id: {"reward_mean": row.reward_mean, "loss": row.loss, "kl": row.kl, "belief_kl": row.belief_kl, "grad_norm": row.grad_norm} for row in rows}}
+        log.append(entry)
+        summary = "  ".join(f"{a.arm[0]}{a.seed}: r {row.reward_mean:+.4f} kl {row.kl if row.kl is not None else 0:.3f}" for a, row in zip(agents, rows))
+        print(f"phase {iteration + 1}/{settings.iterations} ({entry['seconds']} s)  {summary}", flush=True)
+    return log
+
+
+def run(settings: Settings) -> dict:
+    started = time.perf_counter()
+    llm = LLM.load("packaged")
+    agents = [Agent(2 * i + j, seed, arm, categories) for i, seed in enumerate(settings.seeds) for j, (arm, categories) in enumerate((("treated", TREATED), ("control", CONTROL)))]
+    n_days = settings.train_dates + settings.heldout_dates + 2
+    markets = {seed: MarketPrompts(llm, seed=seed, signal={"fundamental": settings.signal}, n_days=n_days) for seed in settings.seeds}
+    train_dates = {seed: market.dates[: settings.train_dates] for seed, market in markets.items()}
+    heldout_dates = {seed: market.dates[settings.train_dates: settings.train_dates + settings.heldout_dates] for seed, market in markets.items()}
+    with tempfile.TemporaryDirectory() as adapter_dir:
+        trainer = Trainer(llm, settings.training, Path(adapter_dir), [agent.agent_id for agent in agents],
+                          belief_tokens=settings.belief_tokens, max_prompt_tokens=768, batch_size=32)
+        trainer.attach()
+        before = evaluate(llm, trainer, agents, markets, heldout_dates, settings, measure_kl=False)
+        print(f"evaluated before training ({time.perf_counter() - started:.0f} s)", flush=True)
+        log = train(llm, trainer, agents, markets, train_dates, settings)
+        after = evaluate(llm, trainer, agents, markets, heldout_dates, settings, measure_kl=True)
+    result = {
+        "settings": _settings_dict(settings), "seconds": round(time.perf_counter() - started, 1),
+        "agents": [{**asdict(agent), "before": before[agent.agent_id], "after": after[agent.agent_id]} for agent in agents],
+        "summary": summarise(agents, before, after), "training_log": log,
+    }
+    return result
+
+
+def summarise(agents: list[Agent], before: dict, after: dict) -> dict:
+    """Mean ± std over seeds of every figure, per arm, before and after, and of the gains."""
+    summary = {}
+    for arm in ("treated", "control"):
+        arm_agents = [agent for agent in agents if agent.arm == arm]
+        figures = {}
+        for metric in ("mean_reward", "corr", "belief_kl", "belief_text_share"):
+            for label, table in (("before", before), ("after", after)):
+                figures[f"{metric}_{label}"] = _spread([table[a.agent_id][metric] for a in arm_agents])
+            if metric in ("mean_reward", "corr"):
+                figures[f"{metric}_gain"] = _spread([after[a.agent_id][metric] - before[a.agent_id][metric] for a in arm_agents])
+        summary[arm] = figures
+    return summary
+
+
+def report(result: dict) -> str:
+    lines = [f"learning benchmark: {len(result['settings']['seeds'])} seeds, {result['seconds']:.0f} s", ""]
+    header = f"{'seed':>4} {'arm':8} {'reward before':>13} {'after':>9} {'corr before':>11} {'after':>7} {'belief KL':>9} {'text share b/a':>14}"
+    lines += [header, "-" * len(header)]
+    for agent in result["agents"]:
+        b, a = agent["before"], agent["after"]
+        lines.append(f"{agent['seed']:>4} {agent['arm']:8} {b['mean_reward']:>+13.4f} {a['mean_reward']:>+9.4f} {b['corr']:>+11.3f} {a['corr']:>+7.3f} "
+                     f"{a['belief_kl']:>9.3f} {b['belief_text_share']:>6.2f} / {a['belief_text_share']:.2f}")
+    lines.append("")
+    for arm, figures in result["summary"].items():
+        lines.append(f"{arm}: " + ", ".join(f"{name} {value['mean']:+.4f} ± {value['std']:.4f}" for name, value in figures.items() if value["mean"] is not None))
+    lines.append("")
+    for agent in result["agents"][:2]:
+        lines.append(f"beliefs of seed {agent['seed']} {agent['arm']} (belief => decision):")
+        lines += [f"  before: {text}" for text in agent["before"]["beliefs"]]
+        lines += [f"  after:  {text}" for text in agent["after"]["beliefs"]]
+    return "\n".join(lines)
+
+
+def _as_scored(completion: Completion, temperature: float) -> Scored:
+    return Scored(completion.prompt_ids, completion.completion_ids, completion.trainable, temperature)
+
+
+def _corr(decisions: np.ndarray, returns: np.ndarray) -> float:
+    """Pearson correlation; 0 when the decisions do not vary (a constant policy has no edge)."""
+    if decisions.std() == 0 or returns.std() == 0:
+        return 0.0
+    return float(np.corrcoef(decisions, returns)[0, 1])
+
+
+def _spread(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0, "values": values}
+
+
+def _settings_dict(settings: Settings) -> dict:
+    return {**{key: value for key, value in asdict(settings).items() if key != "training"}, "training": settings.training.model_dump()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="one seed, two short phases: a smoke run")
+    parser.add_argument("--seeds", type=int, nargs="+", help="market seeds (default 0 1 2)")
+    parser.add_argument("--iterations", type=int, help="training phases")
+    parser.add_argument("--temperature", type=float, help="agents' sampling temperature")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a [training] key (JSON value), e.g. learning_rate=1e-4")
+    parser.add_argument("--out", type=Path, help="JSON file (default benchmarks/results/learning[_quick].json)")
+    args = parser.parse_args()
+    settings = QUICK if args.quick else Settings()
+    if args.seeds:
+        settings = replace(settings, seeds=tuple(args.seeds))
+    if args.iterations:
+        settings = replace(settings, iterations=args.iterations)
+    if args.temperature is not None:
+        settings = replace(settings, temperature=args.temperature)
+    if args.set:
+        overrides = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.set)}
+        settings = replace(settings, training=settings.training.model_copy(update=overrides))
+    result = run(settings)
+    print(report(result))
+    out = args.out or RESULTS_DIR / f"learning{'_quick' if args.quick else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str))
+    print(f"\nwritten to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""Training phases on a tiny random-weight Llama with SmolLM2's tokenizer.
+
+The planted rule: a prompt says the market will go "up" or "down", and the realised return is
++1 % or -1 % accordingly, so a policy earns more the more its decision's sign follows the word.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from agents.llm import LLM
+from simulation.config import TrainingConfig
+from training import adapters
+from training.phase import Trainer
+from training.rewards import reward
+from training.rl import build_batch, completion_logits, decoding_logits, leave_one_out_advantages, token_logprobs, Scored
+from training.samples import Sample, most_recent, sample_from_completion
+
+BELIEF_TOKENS = 6
+AGENTS = [0, 1, 2]
+FAST = dict(learning_rate=1e-2, micro_batch=8, max_samples=0, target_modules=["q_proj", "v_proj", "gate_proj", "down_proj"])
+
+
+def make_trainer(model_dir, adapter_dir, **overrides) -> Trainer:
+    llm = LLM.load(str(model_dir), device="cpu")
+    trainer = Trainer(llm, TrainingConfig(**{**FAST, **overrides}), adapter_dir, AGENTS, belief_tokens=BELIEF_TOKENS, max_prompt_tokens=128, batch_size=64)
+    trainer.attach()
+    return trainer
+
+
+def prompts(llm: LLM, count: int) -> list[str]:
+    return [llm.chat_prompt("You are an investor.", f"Day {i}: analysts say the market goes {'up' if i % 2 == 0 else 'down'}.") for i in range(count)]
+
+
+def planted_return(prompt: str) -> float:
+    return 0.01 if "goes up" in prompt else -0.01
+
+
+def decide(trainer: Trainer, agent_id: int, count: int, seed: int, temperature: float = 1.0, returns=planted_return) -> list[Sample]:
+    """`count` settled decisions of one agent on the planted-rule prompts."""
+    texts = prompts(trainer.llm, count)
+    completions = trainer.llm.generate(texts, [temperature] * count, [trainer.adapter_name(agent_id)] * count, belief_tokens=BELIEF_TOKENS, seed=seed)
+    return [
+        sample_from_completion(c, agent_id=agent_id, step=step, realised_return=returns(c.prompt), reward=reward("linear", returns(c.prompt), c.decision_depth),
+                               temperature=temperature, risk_preference=0.5, recent_variance=1e-4)
+        for step, c in enumerate(completions)
+    ]
+
+
+def state(trainer: Trainer, agent_id: int) -> dict[str, torch.Tensor]:
+    return adapters.adapter_state(trainer.llm.model, trainer.adapter_name(agent_id))
+
+
+def base_weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {name: param.detach().clone() for name, param in trainer.llm.model.named_parameters() if "lora_" not in name}
+
+
+def same(left: dict[str, torch.Tensor], right: dict[str, torch.Tensor]) -> bool:
+    return left.keys() == right.keys() and all(torch.equal(left[key], right[key]) for key in left)
+
+
+def sequence_logprobs(trainer: Trainer, agent_id: int, samples: list[Sample]) -> torch.Tensor:
+    llm = trainer.llm
+    items = [Scored(s.prompt_ids, s.completion_ids, s.trainable, s.temperature) for s in samples]
+    batch = build_batch(items, llm.slot, BELIEF_TOKENS, llm.model.config.vocab_size, llm.tokenizer.pad_token_id, llm.device)
+    with torch.no_grad():
+        logits = completion_logits(llm.model, batch, [trainer.adapter_name(agent_id)] * len(items))
+    return (token_logprobs(logits, batch) * batch.trainable).sum(-1)
+
+
+def test_phase_changes_only_the_agents_adapter_and_never_the_base_weights(tiny_model_dir, tmp_path):
+    trainer = make_trainer(tiny_model_dir, tmp_path)
+    before = {agent_id: state(trainer, agent_id) for agent_id in AGENTS}
+    base_before = base_weights(trainer)
+    trainer.run_phase(1, 9, {0: decide(trainer, 0, 16, seed=1)}, seed=5)
+    assert not same(state(trainer, 0), before[0])
+    assert same(state(trainer, 1), before[1]) and same(state(trainer, 2), before[2])
+    assert same(base_weights(trainer), base_before)
+
+
+def test_phase_raises_the_probability_of_the_better_paid_completions(tiny_model_dir, tmp_path):
+    trainer = make_trainer(tiny_model_dir, tmp_path, epochs=2)
+    samples = decide(trainer, 0, 16, seed=1)
+    advantages = torch.tensor(leave_one_out_advantages([s.reward for s in samples], 1.0))
+    before = sequence_logprobs(trainer, 0, samples)
+    trainer.run_phase(1, 15, {0: samples}, seed=5)
+    after = sequence_logprobs(trainer, 0, samples)
+    change = after - before
+    assert float((advantages * change).sum()) > 0
+    assert float(change[advantages > 0].mean()) > float(change[advantages < 0].mean())
+
+
+@pytest.mark.parametrize("algorithm", ["reinforce", "hindsight_grpo"])
+def test_phases_raise_the_held_out_reward_in_a_rising_market(tiny_model_dir, tmp_path, algorithm):
+    trainer = make_trainer(tiny_model_dir, tmp_path, algorithm=algorithm, epochs=2, kl_coef=0.0)
+    rising = lambda prompt: 0.01  # every day pays +1 %: the best policy buys at 10
+
+    def held_out_reward() -> float:
+        return sum(s.reward for s in decide(trainer, 0, 64, seed=999, returns=rising)) / 64
+
+    untrained = held_out_reward()
+    for phase in (1, 2):
+        trainer.run_phase(phase, phase, {0: decide(trainer, 0, 16, seed=phase, returns=rising)}, seed=phase)
+    assert held_out_reward() > untrained + 0.007  # the mean decision rose by more than 0.7
+
+
+def test_phase_is_deterministic_given_its_seed(tiny_model_dir, tmp_path):
+    trainer = make_trainer(tiny_model_dir, tmp_path, algorithm="hindsight_grpo", epochs=2, micro_batch=4)
+    samples = {0: decide(trainer, 0, 8, seed=1), 1: decide(trainer, 1, 8, seed=2)}
+    rng_state = torch.get_rng_state()
+    first = trainer.run_phase(1, 7, samples, seed=3)
+    trained = {agent_id: state(trainer, agent_id) for agent_id in AGENTS}
+    trainer.restore(0)
+    second = trainer.run_phase(1, 7, samples, seed=3)
+    assert all(same(state(trainer, agent_id), trained[agent_id]) for agent_id in AGENTS)
+    assert [row.loss for row in first] == [row.loss for row in second]
+    assert torch.equal(torch.get_rng_state(), rng_state)  # the phase leaves the global RNG alone
+
+
+@pytest.mark.parametrize("algorithm", ["reinforce", "hindsight_grpo"])
+def test_phase_without_samples_or_with_only_zero_rewards_leaves_adapters_unchanged(tiny_model_dir, tmp_path, algorithm):
+    trainer = make_trainer(tiny_model_dir, tmp_path, algorithm=algorithm)
+    trainer.run_phase(1, 9, {0: decide(trainer, 0, 8, seed=1)}, seed=5)  # a trained, non-zero adapter
+    before = {agent_id: state(trainer, agent_id) for agent_id in AGENTS}
+    flat = decide(trainer, 1, 8, seed=2, returns=lambda prompt: 0.0)
+    rows = trainer.run_phase(2, 19, {0: [], 1: flat}, seed=6)
+    assert all(same(state(trainer, agent_id), before[agent_id]) for agent_id in AGENTS)
+    by_agent = {row.agent_id: row for row in rows}
+    assert by_agent[0].samples == 0 and by_agent[0].loss is None and by_agent[2].samples == 0
+    assert by_agent[1].samples == 8 and by_agent[1].reward_mean == 0.0 and by_agent[1].loss is None
+    assert all((tmp_path / "phase_2" / f"agent_{agent_id}" / adapters.ADAPTER_WEIGHTS).is_file() for agent_id in AGENTS)
+
+
+def test_phase_reports_one_row_per_agent_as_each_finishes(tiny_model_dir, tmp_path):
+    trainer = make_trainer(tiny_model_dir, tmp_path, max_samples=6)
+    samples = decide(trainer, 2, 10, seed=1)
+    reported = []
+    rows = trainer.run_phase(4, 79, {2: samples}, seed=5, on_agent_done=reported.append)
+    assert reported == rows and [row.agent_id for row in rows] == AGENTS
+    row = rows[2]
+    assert (row.phase, row.step, row.samples, row.adapter_version) == (4, 79, 6, 4)
+    assert row.adapter_path == str(tmp_path / "phase_4" / "agent_2")
+    assert row.reward_mean == pytest.approx(sum(s.reward for s in samples[-6:]) / 6)
+    assert all(math.isfinite(value) for value in (row.loss, row.kl, row.grad_norm, row.seconds, row.belief_kl))
+    assert row.kl >= 0 and row.belief_kl >= 0 and 0.0 <= row.belief_text_share <= 1.0
+
+
+def test_restore_brings_back_a_saved_phase_and_phase_zero_is_fresh(tiny_model_dir, tmp_path):
+    trainer = make_trainer(tiny_model_dir, tmp_path)
+    fresh = state(trainer, 0)
+    trainer.run_phase(1, 9, {0: decide(trainer, 0, 8, seed=1)}, seed=5)
+    saved = state(trainer, 0)
+    trainer.run_phase(2, 19, {0: decide(trainer, 0, 8, seed=2)}, seed=6)
+    trainer.restore(1)
+    assert same(state(trainer, 0), saved)
+    trainer.restore(0)
+    assert same(state(trainer, 0), fresh)
+
+
+def test_scoring_replays_the_decoding_that_generated_the_tokens(tiny_model_dir, tmp_path):
+    trainer = make_trainer(tiny_model_dir, tmp_path)
+    samples = decide(trainer, 0, 4, seed=1, temperature=0.0)  # greedy: each token is the argmax
+    llm = trainer.llm
+    items = [Scored(s.prompt_ids, s.completion_ids, s.trainable, 1.0) for s in samples]
+    batch = build_batch(items, llm.slot, BELIEF_TOKENS, llm.model.config.vocab_size, llm.tokenizer.pad_token_id, llm.device)
+    with torch.no_grad():
+        logits = decoding_logits(completion_logits(llm.model, batch, ["__base__"] * len(items)), batch)
+    assert torch.equal(logits.argmax(-1)[batch.valid], batch.targets[batch.valid])
+    forced = batch.valid & ~batch.trainable
+    assert forced.any() and torch.allclose(token_logprobs(logits, batch)[forced], torch.zeros(int(forced.sum())))
+
+
+def test_leave_one_out_advantages_sum_to_zero_and_need_a_peer():
+    advantages = leave_one_out_advantages([0.03, -0.01, 0.01], 100.0)
+    assert advantages[0] == pytest.approx(100 * (0.03 - 0.0))
+    assert sum(advantages) == pytest.approx(0.0)
+    assert leave_one_out_advantages([0.05], 100.0) == [0.0]
+    assert leave_one_out_advantages([], 100.0) == []
+
+
+def test_most_recent_keeps_the_latest_samples_in_step_order():
+    samples = [Sample(0, step, "p", [1], [2], [True], 1.0, 0.01, 0.01, "b", 1.0, 0.5, 1e-4) for step in range(5)]
+    assert [s.step for s in most_recent(list(reversed(samples)), 3)] == [2, 3, 4]
+    assert len(most_recent(samples, 0)) == 5

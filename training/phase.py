@@ -1,0 +1,176 @@
+"""A training phase: every agent's adapter learns from that agent's own samples, then is saved.
+
+The simulation owns one `Trainer`. `attach` wraps the shared base model once in a PeftModel with
+one fresh adapter per agent; from then on every generation names each row's adapter. Every
+`training.every` steps the simulation calls `run_phase` with each agent's samples since the last
+phase. The phase:
+
+1. keeps each agent's `max_samples` most recent samples;
+2. for `hindsight_grpo`, samples the extra group members of every agent in one batched
+   `generate` call (each row on its own adapter) and scores them against the realised returns;
+3. trains the agents one after another (see training/rl.py), each on its own adapter only;
+4. saves every adapter, trained or not, to `<adapter_dir>/phase_<k>/agent_<id>/` (PEFT format)
+   and reports one `PhaseRow` per agent, as soon as that agent is done.
+
+A phase is deterministic given its starting adapters, its samples and `seed`: every random draw
+comes from generators seeded from `seed` and the agent id, inside a fork of the global RNG, which
+is left as it was. So a phase re-run after a crash (`restore(k - 1)`, then `run_phase(k, ...)`)
+writes the same adapters. The optimizer does not outlive a phase, for the same reason.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agents.llm import LLM, Completion
+from simulation.config import TrainingConfig
+from training import adapters
+from training.belief_quality import belief_text_share
+from training.rewards import reward
+from training.rl import Scored, leave_one_out_advantages, update_adapter
+from training.samples import Sample, most_recent
+
+
+@dataclass(frozen=True)
+class PhaseRow:
+    """One row of the `training` table (docs/schema.md). None = not measured: no update ran."""
+
+    phase: int
+    step: int                        # the last step before the phase
+    agent_id: int
+    samples: int                     # the agent's samples the phase learned from
+    loss: float | None
+    kl: float | None                 # k3 estimate of KL(adapter || base) per trainable token
+    reward_mean: float | None        # of the rewards paid on those samples (before reward_scale)
+    reward_std: float | None
+    grad_norm: float | None          # mean over optimizer steps, before clipping
+    seconds: float                   # this agent's update plus its share of group sampling
+    adapter_path: str
+    adapter_version: int             # = phase: the adapter the agent decides with from now on
+    belief_kl: float | None          # k3 per belief token, in the last epoch
+    belief_text_share: float | None  # share of the samples' beliefs that read as market text
+
+
+class Trainer:
+    """Owns the per-agent adapters on `llm.model` and runs the training phases."""
+
+    def __init__(self, llm: LLM, config: TrainingConfig, adapter_dir: Path, agent_ids: list[int], *, belief_tokens: int, max_prompt_tokens: int, batch_size: int):
+        self.llm, self.config, self.adapter_dir = llm, config, Path(adapter_dir)
+        self.agent_ids = list(agent_ids)
+        self.belief_tokens, self.max_prompt_tokens, self.batch_size = belief_tokens, max_prompt_tokens, batch_size
+
+    @staticmethod
+    def adapter_name(agent_id: int) -> str:
+        return adapters.adapter_name(agent_id)
+
+    def attach(self) -> None:
+        """Wrap `llm.model` in a PeftModel with one fresh adapter per agent (outputs = base)."""
+        config = self.config
+        lora = adapters.lora_config(config.lora_rank, config.lora_alpha, config.lora_dropout, config.target_modules)
+        self.llm.model = adapters.attach_adapters(self.llm.model, self.agent_ids, lora)
+
+    def adapter_path(self, phase: int, agent_id: int) -> Path:
+        return self.adapter_dir / f"phase_{phase}" / f"agent_{agent_id}"
+
+    def restore(self, phase: int) -> None:
+        """Every agent's adapter as saved after phase `phase`; phase 0 = fresh adapters."""
+        for agent_id in self.agent_ids:
+            if phase == 0:
+                adapters.reset(self.llm.model, agent_id)
+            else:
+                adapters.load_adapter(self.llm.model, self.adapter_name(agent_id), self.adapter_path(phase, agent_id))
+
+    def run_phase(self, phase: int, step: int, samples: dict[int, list[Sample]], seed: int, on_agent_done: Callable[[PhaseRow], None] | None = None) -> list[PhaseRow]:
+        """Train, save and report every agent; see the module docstring."""
+        chosen = {agent_id: most_recent(samples.get(agent_id, []), self.config.max_samples) for agent_id in self.agent_ids}
+        devices = [self.llm.device] if self.llm.device.type == "cuda" else []
+        rows = []
+        with torch.random.fork_rng(devices=devices):
+            started = time.perf_counter()
+            groups = self._groups(chosen, seed)
+            sampling_seconds = time.perf_counter() - started
+            total_items = sum(len(group) for agent_groups in groups.values() for group in agent_groups) or 1
+            for agent_id in self.agent_ids:
+                share = sampling_seconds * sum(len(group) for group in groups[agent_id]) / total_items
+                row = self._train_agent(phase, step, agent_id, chosen[agent_id], groups[agent_id], seed, share)
+                rows.append(row)
+                if on_agent_done is not None:
+                    on_agent_done(row)
+        return rows
+
+    def _groups(self, chosen: dict[int, list[Sample]], seed: int) -> dict[int, list[list[Scored]]]:
+        """Each agent's completions to learn from, with leave-one-out advantages, in groups that
+        share a prompt (one group per sample for reinforce, whose baseline spans all of them)."""
+        config = self.config
+        if config.algorithm == "reinforce":
+            groups = {}
+            for agent_id, agent_samples in chosen.items():
+                advantages = leave_one_out_advantages([sample.reward for sample in agent_samples], config.reward_scale)
+                groups[agent_id] = [[_scored(sample, sample.temperature, advantage)] for sample, advantage in zip(agent_samples, advantages)]
+            return groups
+        requests = [(agent_id, sample) for agent_id, agent_samples in chosen.items() for sample in agent_samples for _ in range(config.group_size - 1)]
+        completions = iter(self.llm.generate(
+            [sample.prompt for _, sample in requests],
+            [sample.temperature if sample.temperature > 0 else 1.0 for _, sample in requests],
+            [self.adapter_name(agent_id) for agent_id, _ in requests],
+            belief_tokens=self.belief_tokens, max_prompt_tokens=self.max_prompt_tokens, batch_size=self.batch_size, seed=seed,
+        ) if requests else [])
+        groups = {}
+        for agent_id, agent_samples in chosen.items():
+            groups[agent_id] = []
+            for sample in agent_samples:
+                members = [sample] + [next(completions) for _ in range(config.group_size - 1)]
+                rewards = [self._hindsight_reward(sample, member.decision_depth) for member in members]
+                advantages = leave_one_out_advantages(rewards, config.reward_scale)
+                groups[agent_id].append([_scored(member, sample.temperature, advantage) for member, advantage in zip(members, advantages)])
+        return groups
+
+    def _hindsight_reward(self, sample: Sample, decision_depth: float) -> float:
+        """What `decision_depth` would have earned on the sample's day, the return held fixed."""
+        return reward(
+            self.config.reward, sample.realised_return, decision_depth,
+            risk_preference=sample.risk_preference, risk_aversion=self.config.risk_aversion, recent_variance=sample.recent_variance,
+        )
+
+    def _train_agent(self, phase: int, step: int, agent_id: int, agent_samples: list[Sample], groups: list[list[Scored]], seed: int, sampling_seconds: float) -> PhaseRow:
+        started = time.perf_counter()
+        name, config, model = self.adapter_name(agent_id), self.config, self.llm.model
+        stats = None
+        if any(item.advantage != 0.0 for group in groups for item in group):
+            model.set_adapter(name)  # the only adapter that is active and has requires_grad
+            agent_seed = _agent_seed(seed, agent_id)
+            generator = torch.Generator().manual_seed(agent_seed)
+            torch.manual_seed(agent_seed)  # LoRA dropout, if configured
+            stats = update_adapter(
+                model, adapters.adapter_parameters(model, name), groups,
+                slot=self.llm.slot, belief_tokens=self.belief_tokens, pad_id=self.llm.tokenizer.pad_token_id, device=self.llm.device,
+                learning_rate=config.learning_rate, kl_coef=config.kl_coef, clip_epsilon=config.clip_epsilon,
+                grad_clip=config.grad_clip, epochs=config.epochs, micro_batch=config.micro_batch, generator=generator,
+            )
+        path = adapters.save_adapter(model, name, self.adapter_path(phase, agent_id))
+        paid = [sample.reward for sample in agent_samples]
+        return PhaseRow(
+            phase=phase, step=step, agent_id=agent_id, samples=len(agent_samples),
+            loss=stats.loss if stats else None, kl=stats.kl if stats else None,
+            reward_mean=statistics.fmean(paid) if paid else None, reward_std=statistics.pstdev(paid) if paid else None,
+            grad_norm=stats.grad_norm if stats else None,
+            seconds=time.perf_counter() - started + sampling_seconds,
+            adapter_path=str(path), adapter_version=phase,
+            belief_kl=stats.belief_kl if stats else None,
+            belief_text_share=belief_text_share([s.belief for s in agent_samples], [s.prompt for s in agent_samples]),
+        )
+
+
+def _agent_seed(seed: int, agent_id: int) -> int:
+    return int(np.random.SeedSequence([seed, agent_id]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def _scored(answer: Sample | Completion, temperature: float, advantage: float) -> Scored:
+    return Scored(answer.prompt_ids, answer.completion_ids, answer.trainable, temperature, advantage)
