@@ -144,9 +144,9 @@ class TrainingConfig(Section):
     clip_epsilon: float = Field(0.2, gt=0.0, lt=1.0, description="PPO-style clip of the probability ratio; only acts from the second epoch on.")
     grad_clip: float = Field(1.0, gt=0.0, description="Max gradient norm of one agent's adapter per optimizer step.")
     epochs: int = Field(1, ge=1, le=100, description="Passes over a phase's samples.")
-    max_samples: int = Field(8, ge=0, le=100_000, description="Most recent samples per agent a phase learns from; 0 = all since the last phase.")
+    max_samples: int = Field(6, ge=0, le=100_000, description="Most recent samples per agent a phase learns from; 0 = all since the last phase.")
     group_size: int = Field(4, ge=2, le=64, description="Completions per past state (hindsight_grpo): the original plus group_size - 1 new ones.")
-    micro_batch: int = Field(4, ge=1, le=1024, description="Sequences per forward/backward pass; one optimizer step each.")
+    micro_batch: int = Field(3, ge=1, le=1024, description="Sequences per forward/backward pass; one optimizer step each.")
 
 
 class AEDConfig(Section):
@@ -268,7 +268,7 @@ def _dotted(loc: tuple[Any, ...]) -> str:
 def _explain(error: dict[str, Any], key: str) -> tuple[str, str]:
     kind, ctx, message = error["type"], error.get("ctx", {}), error["msg"]
     if kind == "extra_forbidden":
-        return "unknown key", f"remove it or check its spelling against scenarios/base.toml (keys are documented there)"
+        return "unknown key", "remove it or check its spelling against scenarios/base.toml (keys are documented there)"
     if kind == "missing":
         return "required key is missing", "add it; see scenarios/base.toml for an example"
     bounds = {name: ctx[name] for name in ("ge", "gt", "le", "lt") if name in ctx}
