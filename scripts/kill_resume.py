@@ -51,10 +51,27 @@ def killed_run(scenario: str, out: Path, delay: float) -> tuple[Path | None, str
         except subprocess.TimeoutExpired:
             process.send_signal(signal.SIGKILL)
             process.wait()
-    lines = [line for line in log.read_text().splitlines() if line.strip()]
-    doing = lines[-1].strip()[:90] if lines else "loading (no output yet)"
+    progress = ("run:", "AED", "step", "  phase", "training phase", "  event")
+    lines = [line for line in log.read_text().splitlines() if line.startswith(progress)]
+    doing = _describe(lines[-1]) if lines else "loading the model (no run output yet)"
     run_dirs = list(out.iterdir()) if out.exists() else []
     return (run_dirs[0] if run_dirs else None), doing
+
+
+def _describe(last_line: str) -> str:
+    """What a run was doing, from the last progress line it printed before the kill."""
+    if last_line.startswith("run:"):
+        return "measuring AED at phase 0"
+    if last_line.startswith("AED"):
+        return f"deliberating after {last_line.split(':')[0]}"
+    if last_line.startswith("step"):
+        done = last_line.split()[1]
+        return f"after step {done}: deliberating, committing, or training"
+    if last_line.startswith("  phase"):
+        return f"training ({last_line.split(':')[0].strip()} done)"
+    if last_line.startswith("training phase"):
+        return "measuring AED after a training phase"
+    return last_line.strip()[:60]
 
 
 def main() -> int:
