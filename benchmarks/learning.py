@@ -62,16 +62,16 @@ class Settings:
     signal: float = 0.6                 # corr(fundamental latent at t, return t -> t+1)
     train_dates: int = 60
     heldout_dates: int = 24
-    iterations: int = 5                 # training phases
+    iterations: int = 12                # training phases
     states: int = 8                     # train dates each agent decides on per phase
     eval_samples: int = 2               # completions per held-out date and agent
     kl_examples: int = 8                # held-out completions per agent scored for belief KL
-    temperature: float = 0.7            # the agents' sampling temperature, in training and evaluation
+    temperature: float = 1.0            # the agents' sampling temperature, in training and evaluation
     belief_tokens: int = 16
     training: TrainingConfig = field(default_factory=lambda: TrainingConfig(
-        algorithm="hindsight_grpo", group_size=4, max_samples=0, epochs=2, micro_batch=8, learning_rate=1e-3,
+        algorithm="hindsight_grpo", group_size=4, max_samples=0, epochs=2, micro_batch=8, learning_rate=3e-4,
         lora_rank=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        kl_coef=0.05, reward_scale=100.0,
+        kl_coef=0.1, reward_scale=100.0,
     ))
 
 

@@ -30,6 +30,7 @@ def test_sentences_about_the_market_read_as_text(belief):
     "+1.76 +3.50 +1.76 +3.50",                       # an echo of the prompt's numbers
     "1.76, 3.5, 2.1, 0.4, 9.9 up",                   # mostly numbers
     "buy buy buy buy buy buy",                       # a loop
+    "My belief is that it's a high upside upside upside upside upside upside",  # a loop after a start
     "The cat sat on the mat today.",                 # a sentence, but not about the market
     "Rise.",                                          # too short
     "",

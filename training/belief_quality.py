@@ -13,8 +13,8 @@ turned into echoes of the prompt's numbers while the decision/return correlation
 - **belief text share**: the share of beliefs that read as sentences about the market, by a
   deliberately simple heuristic (`reads_as_market_text`): at least `MIN_WORDS` words; at least
   `MIN_WORD_SHARE` of the whitespace-separated tokens are words (not numbers, signs or symbols);
-  at least one market word (price, return, buy, bearish, momentum, ...); not a loop (at least half
-  of the words distinct); and, when the prompt is given, it copies at most one of the prompt's
+  at least one market word (price, return, buy, bearish, momentum, ...); not a loop (no word is
+  more than a third of the words: "a high upside upside upside upside" fails); and, when the prompt is given, it copies at most one of the prompt's
   numbers per `WORDS_PER_ECHO` words (so "value_score=+1.76 and earnings_yield=+3.50 mean rising
   prices" is an echo, "the value score of +1.76 suggests the stock is undervalued" is not). It judges form, not truth: "Momentum is fading and I expect a small
   decline tomorrow." passes whether or not momentum is fading.
@@ -31,7 +31,7 @@ from training.rl import CompletionBatch, Scored, build_batch, completion_logits,
 MIN_WORDS = 4
 MIN_WORD_SHARE = 0.75
 WORDS_PER_ECHO = 5
-MIN_DISTINCT_SHARE = 0.5
+MAX_REPEAT_SHARE = 1 / 3
 MARKET_STEMS = (
     "market", "stock", "share", "price", "pric", "return", "buy", "sell", "bull", "bear", "rise", "rising", "rose",
     "fall", "fell", "drop", "declin", "gain", "loss", "los", "trend", "momentum", "valu", "earning", "growth",
@@ -57,7 +57,7 @@ def reads_as_market_text(belief: str, prompt: str | None = None) -> bool:
     word_tokens = [token for token in tokens if _is_word(token)]
     if len(word_tokens) < MIN_WORDS or len(word_tokens) < MIN_WORD_SHARE * len(tokens):
         return False
-    if len(set(words)) < MIN_DISTINCT_SHARE * len(words):
+    if max(words.count(word) for word in set(words)) > MAX_REPEAT_SHARE * len(words):
         return False
     if not any(word.startswith(MARKET_STEMS) for word in words):
         return False

@@ -17,10 +17,10 @@ with a 3 % return. Two ways to form the groups (`training.algorithm`):
   adapter (batched across agents, each row on its own adapter); the original completion is the
   G-th member. Every member is scored against the return that was realised that day, *held
   fixed*. This removes the return's noise from the comparison, since all members bet on the same
-  day. It is honest only while one agent's own price impact is small: had the agent decided
-  differently, the price would have moved by `impact * depth / (10 N)` more, which the hindsight
-  reward ignores. With the base scenario's impact (0.002) and 9 agents that is at most 0.02 % of
-  price against daily moves of ~1 %.
+  day. It is honest only while one agent's own price impact is small: a decision `delta` points
+  different would have moved the price by `impact * delta / (10 N)` more, which the hindsight
+  reward ignores. With the base scenario's impact (0.002) and 9 agents, 10 points move the price
+  by 0.02 %, against daily moves of ~1 %.
 
 **Loss**, per token of a completion the model chose itself (the forced `Decision: ` marker
 tokens are excluded), averaged over the micro-batch's tokens (token-level, as in DAPO):
@@ -36,12 +36,18 @@ distribution that was actually sampled. Gradients are clipped to `grad_clip` per
 one AdamW step per micro-batch. The optimizer is fresh in every phase, so a phase depends only
 on its starting adapter, its samples and its seed (a phase re-run after a crash is identical).
 
+**Cost.** On a CPU the forward/backward passes are the whole cost, so: the LM head runs only on
+completion positions (49k-152k vocabulary columns over a 150-token prompt would dominate); the
+base model's log-probs come from one no-grad pass with the adapter disabled; and a group's
+members share one pass over their common prompt, whose key/value cache the completions then
+attend to. The gradient flows back through that cache, so it is the exact gradient.
+
 **Why not TRL's GRPOTrainer.** It owns the loop: it samples prompts from a dataset, generates,
 calls reward functions *immediately* and steps. A market pays a decision only one step later,
 after every agent's decision has moved the price, and a phase trains N adapters on one base
 model with generation batched across agents; the trainer's loop, accelerator state and dataset
-plumbing fit none of that. This module keeps GRPO's loss (k3 KL, PPO-style clip) in ~150 lines
-and uses TRL's `selective_log_softmax` for the memory-lean log-prob gather.
+plumbing fit none of that. This module keeps GRPO's loss (k3 KL, PPO-style clip) and uses TRL's
+`selective_log_softmax` for the memory-lean log-prob gather.
 """
 
 from __future__ import annotations
