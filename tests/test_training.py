@@ -107,13 +107,7 @@ def test_phases_raise_the_held_out_reward_in_a_rising_market(tiny_model_dir, tmp
     assert held_out_reward() > untrained + 0.007  # the mean decision rose by more than 0.7
 
 
-@pytest.mark.parametrize("algorithm", [
-    "reinforce",
-    pytest.param("hindsight_grpo", marks=pytest.mark.xfail(strict=False, reason=(
-        "known bug: repeating a hindsight_grpo phase in one process drifts in the 8th significant "
-        "digit of the loss (seen 2026-11-24); reinforce, the default, is bit-identical and resumes "
-        "exactly (tests/test_learning_run.py, scripts/kill_resume.py)"))),
-])
+@pytest.mark.parametrize("algorithm", ["reinforce", "hindsight_grpo"])
 def test_phase_is_deterministic_given_its_seed(tiny_model_dir, tmp_path, algorithm):
     trainer = make_trainer(tiny_model_dir, tmp_path, algorithm=algorithm, epochs=2, micro_batch=4)
     samples = {0: decide(trainer, 0, 8, seed=1), 1: decide(trainer, 1, 8, seed=2)}

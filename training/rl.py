@@ -179,17 +179,26 @@ def completion_logits(model, batch: CompletionBatch, adapter_names: list[str] | 
     positions = (batch.prompt_mask.cumsum(-1) - 1).clamp(min=0)
     prompt_pass = model(input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask, position_ids=positions,
                         use_cache=True, logits_to_keep=1, **prompt_names)
-    first = prompt_pass.logits[batch.prompt_index].float()  # predicts each completion's first token
+    # Rows take their prompt's logits and cache by a one-hot matmul, not index_select: on CPU the
+    # latter's backward summed the rows of a shared prompt in a varying order (non-reproducible).
+    selection = torch.nn.functional.one_hot(batch.prompt_index, len(first_row)).float()
+    first = _select(prompt_pass.logits, selection).float()  # predicts each completion's first token
     if batch.targets.shape[1] == 1:
         return first
     cache = prompt_pass.past_key_values
-    cache.reorder_cache(batch.prompt_index)
+    for layer in cache.layers:
+        layer.keys, layer.values = _select(layer.keys, selection), _select(layer.values, selection)
     inputs = batch.targets[:, :-1]
     attention_mask = torch.cat([batch.prompt_mask[batch.prompt_index], batch.valid[:, :-1].long()], dim=1)
     start = batch.prompt_mask.sum(-1)[batch.prompt_index].unsqueeze(1)
     completion_pass = model(input_ids=inputs, attention_mask=attention_mask, position_ids=start + torch.arange(inputs.shape[1], device=inputs.device),
                             past_key_values=cache, use_cache=True, **row_names)
     return torch.cat([first, completion_pass.logits.float()], dim=1)
+
+
+def _select(tensor: torch.Tensor, selection: torch.Tensor) -> torch.Tensor:
+    """Rows of `tensor` picked by a one-hot [rows, prompts] matrix (exact: each row is 1 * x)."""
+    return (selection.to(tensor.dtype) @ tensor.reshape(tensor.shape[0], -1)).reshape(selection.shape[0], *tensor.shape[1:])
 
 
 def decoding_logits(logits: torch.Tensor, batch: CompletionBatch) -> torch.Tensor:
