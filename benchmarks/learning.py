@@ -14,12 +14,14 @@ model; adapters are zero) and once after, at the agent's temperature with a fixe
 seed's agents share one base model and one batched `generate`, as in the simulation.
 
 Reported per seed and as mean ± std over seeds: held-out mean reward and corr(decision_depth,
-next return), and beside them the belief-quality figures: exact per-token belief KL to the base
+next return), the reward split into timing (cov of decision and return) and bias (mean decision
+times the window's mean return: the part a merely more bullish agent gains or loses by luck of the
+window), and beside them the belief-quality figures: exact per-token belief KL to the base
 model and the share of beliefs that read as market text (training/belief_quality.py), plus a
 few beliefs before/after. Prompts come from agents/prompts.py, as the simulation writes them
 (no memory: held-out states are independent of the agent's history).
 
-    python -m benchmarks.learning            # full: 3 seeds (about 15-20 min on 2 CPU cores)
+    python -m benchmarks.learning            # full: 3 seeds (about 40 min on 2 CPU cores)
     python -m benchmarks.learning --quick    # a short smoke run (a few minutes)
 """
 
@@ -60,16 +62,16 @@ PERSONA = Persona(optimism=0.5, rationality=0.8, risk_preference=0.5)
 class Settings:
     seeds: tuple[int, ...] = (0, 1, 2)
     signal: float = 0.6                 # corr(fundamental latent at t, return t -> t+1)
-    train_dates: int = 60
-    heldout_dates: int = 24
-    iterations: int = 12                # training phases
+    train_dates: int = 120
+    heldout_dates: int = 96             # long enough that the window's mean return is small (see report)
+    iterations: int = 10                # training phases
     states: int = 8                     # train dates each agent decides on per phase
-    eval_samples: int = 2               # completions per held-out date and agent
+    eval_samples: int = 1               # completions per held-out date and agent
     kl_examples: int = 8                # held-out completions per agent scored for belief KL
     temperature: float = 1.0            # the agents' sampling temperature, in training and evaluation
     belief_tokens: int = 16
     training: TrainingConfig = field(default_factory=lambda: TrainingConfig(
-        algorithm="hindsight_grpo", group_size=4, max_samples=0, epochs=2, micro_batch=8, learning_rate=3e-4,
+        algorithm="hindsight_grpo", group_size=4, max_samples=0, epochs=2, micro_batch=8, learning_rate=5e-4,
         lora_rank=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         kl_coef=0.1, reward_scale=100.0,
     ))
@@ -132,6 +134,12 @@ def evaluate(llm: LLM, trainer: Trainer, agents: list[Agent], markets: dict[int,
         results[agent.agent_id] = {
             "mean_reward": float(np.mean(returns * decisions)),
             "corr": _corr(decisions, returns),
+            # mean reward = timing + bias: cov(decision, return) + mean decision * mean return. A
+            # policy that only grew more bullish gains "bias" in a rising window and loses it in a
+            # falling one; only "timing" comes from reading the market.
+            "timing": float(np.mean((decisions - decisions.mean()) * (returns - returns.mean()))),
+            "bias": float(decisions.mean() * returns.mean()),
+            "heldout_mean_return": float(returns.mean()),
             "mean_decision": float(decisions.mean()),
             "decision_std": float(decisions.std()),
             "belief_kl": kl if measure_kl else 0.0,  # fresh adapters are the base model: KL = 0 exactly
@@ -200,10 +208,10 @@ def summarise(agents: list[Agent], before: dict, after: dict) -> dict:
     for arm in ("treated", "control"):
         arm_agents = [agent for agent in agents if agent.arm == arm]
         figures = {}
-        for metric in ("mean_reward", "corr", "belief_kl", "belief_text_share"):
+        for metric in ("mean_reward", "timing", "bias", "corr", "mean_decision", "belief_kl", "belief_text_share"):
             for label, table in (("before", before), ("after", after)):
                 figures[f"{metric}_{label}"] = _spread([table[a.agent_id][metric] for a in arm_agents])
-            if metric in ("mean_reward", "corr"):
+            if metric in ("mean_reward", "timing", "bias", "corr", "mean_decision"):
                 figures[f"{metric}_gain"] = _spread([after[a.agent_id][metric] - before[a.agent_id][metric] for a in arm_agents])
         summary[arm] = figures
     return summary
@@ -211,12 +219,16 @@ def summarise(agents: list[Agent], before: dict, after: dict) -> dict:
 
 def report(result: dict) -> str:
     lines = [f"learning benchmark: {len(result['settings']['seeds'])} seeds, {result['seconds']:.0f} s", ""]
-    header = f"{'seed':>4} {'arm':8} {'reward before':>13} {'after':>9} {'corr before':>11} {'after':>7} {'belief KL':>9} {'text share b/a':>14}"
+    header = (f"{'seed':>4} {'arm':8} {'reward before':>13} {'after':>9} {'timing b/a':>17} {'corr before':>11} {'after':>7} "
+              f"{'mean dec b/a':>13} {'belief KL':>9} {'text share b/a':>14}")
     lines += [header, "-" * len(header)]
     for agent in result["agents"]:
         b, a = agent["before"], agent["after"]
-        lines.append(f"{agent['seed']:>4} {agent['arm']:8} {b['mean_reward']:>+13.4f} {a['mean_reward']:>+9.4f} {b['corr']:>+11.3f} {a['corr']:>+7.3f} "
+        lines.append(f"{agent['seed']:>4} {agent['arm']:8} {b['mean_reward']:>+13.4f} {a['mean_reward']:>+9.4f} {b['timing']:>+8.4f}/{a['timing']:>+8.4f} "
+                     f"{b['corr']:>+11.3f} {a['corr']:>+7.3f} {b['mean_decision']:>+6.2f}/{a['mean_decision']:>+6.2f} "
                      f"{a['belief_kl']:>9.3f} {b['belief_text_share']:>6.2f} / {a['belief_text_share']:.2f}")
+    returns = {agent["seed"]: agent["before"]["heldout_mean_return"] for agent in result["agents"]}
+    lines.append("held-out mean daily return per seed: " + ", ".join(f"{seed}: {value * 100:+.3f} %" for seed, value in returns.items()))
     lines.append("")
     for arm, figures in result["summary"].items():
         lines.append(f"{arm}: " + ", ".join(f"{name} {value['mean']:+.4f} ± {value['std']:.4f}" for name, value in figures.items() if value["mean"] is not None))

@@ -152,14 +152,16 @@ def resume(run_dir: str | Path, *, plain: bool = False) -> RunResult:
 
 def _drive(scenario: Scenario, data: MarketData, dates, store: RunStore, llm: LLM, run_dir: Path, plain: bool, resumed: bool) -> RunResult:
     started = time.perf_counter()
-    model = MarketModel(scenario, data, dates, store, llm, aed_meter=build_aed_meter(scenario, dates))
-    model.trainer = build_trainer(scenario, llm, run_dir, [agent.agent_id for agent in model.investors])
-    store.con.execute("UPDATE run SET status = 'running', error = NULL")
-    if not resumed:
-        store.insert("agents", [agent_row(agent.spec) for agent in model.investors])
-    console = _console(scenario, model, run_dir, llm, plain)
-    model.observer = console
     try:
+        model = MarketModel(scenario, data, dates, store, llm, aed_meter=build_aed_meter(scenario, dates))
+        if store.con.execute("SELECT count(*) FROM agents").fetchone()[0] == 0:
+            # Not `if not resumed`: a run killed after its directory appeared but before this
+            # line has a run row and no agents yet, and its resume must write them.
+            store.insert("agents", [agent_row(agent.spec) for agent in model.investors])
+        model.trainer = build_trainer(scenario, llm, run_dir, [agent.agent_id for agent in model.investors])
+        store.con.execute("UPDATE run SET status = 'running', error = NULL")
+        console = _console(scenario, model, run_dir, llm, plain)
+        model.observer = console
         with console:
             if resumed:
                 model.restore_from_store()

@@ -57,6 +57,21 @@ def test_resume_after_a_crash_equals_the_uninterrupted_run(reference_run, tmp_pa
     assert _identical(reference_run.database, result.database)
 
 
+def test_a_run_killed_before_its_agents_were_written_resumes_to_the_same_tables(reference_run, tmp_path, tiny_model_dir, monkeypatch):
+    # Found by scripts/kill_resume.py: a SIGKILL between the run directory's rename and the first
+    # insert left a run row and no agents, and the resume never wrote them.
+    def crash_before_agents(original):
+        def insert(store, table, rows):
+            if table == "agents":
+                raise RuntimeError("simulated kill")
+            return original(store, table, rows)
+        return insert
+
+    path = tiny_scenario(tmp_path, tiny_model_dir, steps=6, impact=0.01)
+    result = crash_then_resume(monkeypatch, path, RunStore, "insert", crash_before_agents)
+    assert _identical(reference_run.database, result.database)
+
+
 def test_a_crashed_run_is_marked_failed_with_its_error(tmp_path, tiny_model_dir, monkeypatch):
     def crash(model):
         raise RuntimeError("simulated crash")
