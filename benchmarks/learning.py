@@ -21,7 +21,7 @@ model and the share of beliefs that read as market text (training/belief_quality
 few beliefs before/after. Prompts come from agents/prompts.py, as the simulation writes them
 (no memory: held-out states are independent of the agent's history).
 
-    python -m benchmarks.learning            # full: 3 seeds (about 40 min on 2 CPU cores)
+    python -m benchmarks.learning            # full: 3 seeds (about 45 min on 2 CPU cores)
     python -m benchmarks.learning --quick    # a short smoke run (a few minutes)
 """
 
@@ -67,6 +67,14 @@ class Settings:
     iterations: int = 10                # training phases
     states: int = 8                     # train dates each agent decides on per phase
     eval_samples: int = 1               # completions per held-out date and agent
+    # Evaluate every held-out date twice: as it is and mirrored (all factors and the next return
+    # negated). The generator is symmetric (Gaussian latents and noise, zero drift), so the mirror
+    # is as likely as the original; the pair's mean return is exactly 0, which removes the
+    # "bias" term (mean decision x the window's mean return) from the held-out reward. Without
+    # it that term is luck of the window and, for a base model that is bullish by default, as
+    # large as the timing gain (benchmarks/results/learning-unbalanced.json). Training is not
+    # mirrored: it sees the market as the simulation would.
+    balanced: bool = True
     kl_examples: int = 8                # held-out completions per agent scored for belief KL
     temperature: float = 1.0            # the agents' sampling temperature, in training and evaluation
     belief_tokens: int = 16
@@ -91,12 +99,16 @@ class MarketPrompts:
         self.closes = prices["close"]
         self.dates = list(self.closes.index[:-1])  # every date with a next return
 
-    def next_return(self, date: pd.Timestamp) -> float:
+    def next_return(self, date: pd.Timestamp, mirrored: bool = False) -> float:
         position = self.closes.index.get_loc(date)
-        return float(self.closes.iloc[position + 1] / self.closes.iloc[position] - 1.0)
+        value = float(self.closes.iloc[position + 1] / self.closes.iloc[position] - 1.0)
+        return -value if mirrored else value
 
-    def prompt(self, date: pd.Timestamp, categories: tuple[str, ...], memory_length: int = 0) -> str:
+    def prompt(self, date: pd.Timestamp, categories: tuple[str, ...], memory_length: int = 0, mirrored: bool = False) -> str:
+        """The agent's prompt on `date`; `mirrored` negates every factor (see `Settings.balanced`)."""
         factors = self.store.visible(date, ASSET, list(categories))
+        if mirrored:
+            factors["value"] = -factors["value"]
         position = self.closes.index.get_loc(date)
         memory = [
             Memory(str(past.date()), "", 2.0, self.next_return(past), 0.0)
@@ -116,17 +128,19 @@ class Agent:
 
 def evaluate(llm: LLM, trainer: Trainer, agents: list[Agent], markets: dict[int, MarketPrompts], dates: dict[int, list[pd.Timestamp]], settings: Settings, *, measure_kl: bool) -> dict[int, dict]:
     """Held-out figures per agent, from one batched generate at a fixed seed."""
-    requests = [(agent, date, k) for agent in agents for date in dates[agent.seed] for k in range(settings.eval_samples)]
+    views = (False, True) if settings.balanced else (False,)
+    requests = [(agent, (date, mirrored), k) for agent in agents for date in dates[agent.seed] for mirrored in views for k in range(settings.eval_samples)]
     completions = llm.generate(
-        [markets[agent.seed].prompt(date, agent.categories) for agent, date, _ in requests], [settings.temperature] * len(requests),
+        [markets[agent.seed].prompt(date, agent.categories, mirrored=mirrored) for agent, (date, mirrored), _ in requests], [settings.temperature] * len(requests),
         [trainer.adapter_name(agent.agent_id) for agent, _, _ in requests], belief_tokens=settings.belief_tokens, batch_size=32, seed=12345,
     )
     results = {}
     for agent in agents:
-        rows = [(date, k, completion) for (a, date, k), completion in zip(requests, completions) if a is agent]
+        rows = [(view, k, completion) for (a, view, k), completion in zip(requests, completions) if a is agent]
         decisions = np.array([completion.decision_depth for _, _, completion in rows])
-        returns = np.array([markets[agent.seed].next_return(date) for date, _, _ in rows])
-        scored = [completion for date, k, completion in rows if k == 0][: settings.kl_examples]
+        returns = np.array([markets[agent.seed].next_return(date, mirrored) for (date, mirrored), _, _ in rows])
+        original = np.array([not mirrored for (_, mirrored), _, _ in rows])
+        scored = [completion for (_, mirrored), k, completion in rows if k == 0 and not mirrored][: settings.kl_examples]
         kl = None
         if measure_kl:
             kls = belief_kl(llm, [trainer.adapter_name(agent.agent_id)] * len(scored), [_as_scored(c, settings.temperature) for c in scored], settings.belief_tokens)
@@ -134,17 +148,20 @@ def evaluate(llm: LLM, trainer: Trainer, agents: list[Agent], markets: dict[int,
         results[agent.agent_id] = {
             "mean_reward": float(np.mean(returns * decisions)),
             "corr": _corr(decisions, returns),
+            # the same on the original (unmirrored) dates only, for comparison
+            "mean_reward_unmirrored": float(np.mean((returns * decisions)[original])),
+            "corr_unmirrored": _corr(decisions[original], returns[original]),
             # mean reward = timing + bias: cov(decision, return) + mean decision * mean return. A
             # policy that only grew more bullish gains "bias" in a rising window and loses it in a
             # falling one; only "timing" comes from reading the market.
             "timing": float(np.mean((decisions - decisions.mean()) * (returns - returns.mean()))),
             "bias": float(decisions.mean() * returns.mean()),
-            "heldout_mean_return": float(returns.mean()),
+            "heldout_mean_return": float(returns[original].mean()),  # of the original dates (mirrored pairs: 0)
             "mean_decision": float(decisions.mean()),
             "decision_std": float(decisions.std()),
             "belief_kl": kl if measure_kl else 0.0,  # fresh adapters are the base model: KL = 0 exactly
             "belief_text_share": belief_text_share([c.belief for _, _, c in rows], [c.prompt for _, _, c in rows]),
-            "beliefs": [f"{c.belief} => {c.decision_depth:+.1f}" for _, k, c in rows if k == 0][:3],
+            "beliefs": [f"{c.belief} => {c.decision_depth:+.1f}" for (_, mirrored), k, c in rows if k == 0 and not mirrored][:3],
         }
     return results
 
@@ -178,7 +195,7 @@ def train(llm: LLM, trainer: Trainer, agents: list[Agent], markets: dict[int, Ma
     return log
 
 
-def run(settings: Settings) -> dict:
+def run(settings: Settings, keep_adapters: Path | None = None) -> dict:
     started = time.perf_counter()
     llm = LLM.load("packaged")
     agents = [Agent(2 * i + j, seed, arm, categories) for i, seed in enumerate(settings.seeds) for j, (arm, categories) in enumerate((("treated", TREATED), ("control", CONTROL)))]
@@ -186,7 +203,8 @@ def run(settings: Settings) -> dict:
     markets = {seed: MarketPrompts(llm, seed=seed, signal={"fundamental": settings.signal}, n_days=n_days) for seed in settings.seeds}
     train_dates = {seed: market.dates[: settings.train_dates] for seed, market in markets.items()}
     heldout_dates = {seed: market.dates[settings.train_dates: settings.train_dates + settings.heldout_dates] for seed, market in markets.items()}
-    with tempfile.TemporaryDirectory() as adapter_dir:
+    with tempfile.TemporaryDirectory() as temporary:
+        adapter_dir = keep_adapters or temporary
         trainer = Trainer(llm, settings.training, Path(adapter_dir), [agent.agent_id for agent in agents],
                           belief_tokens=settings.belief_tokens, max_prompt_tokens=768, batch_size=32)
         trainer.attach()
@@ -208,10 +226,11 @@ def summarise(agents: list[Agent], before: dict, after: dict) -> dict:
     for arm in ("treated", "control"):
         arm_agents = [agent for agent in agents if agent.arm == arm]
         figures = {}
-        for metric in ("mean_reward", "timing", "bias", "corr", "mean_decision", "belief_kl", "belief_text_share"):
+        gains = ("mean_reward", "timing", "bias", "corr", "mean_decision", "mean_reward_unmirrored", "corr_unmirrored")
+        for metric in (*gains, "belief_kl", "belief_text_share"):
             for label, table in (("before", before), ("after", after)):
                 figures[f"{metric}_{label}"] = _spread([table[a.agent_id][metric] for a in arm_agents])
-            if metric in ("mean_reward", "timing", "bias", "corr", "mean_decision"):
+            if metric in gains:
                 figures[f"{metric}_gain"] = _spread([after[a.agent_id][metric] - before[a.agent_id][metric] for a in arm_agents])
         summary[arm] = figures
     return summary
@@ -220,15 +239,16 @@ def summarise(agents: list[Agent], before: dict, after: dict) -> dict:
 def report(result: dict) -> str:
     lines = [f"learning benchmark: {len(result['settings']['seeds'])} seeds, {result['seconds']:.0f} s", ""]
     header = (f"{'seed':>4} {'arm':8} {'reward before':>13} {'after':>9} {'timing b/a':>17} {'corr before':>11} {'after':>7} "
-              f"{'mean dec b/a':>13} {'belief KL':>9} {'text share b/a':>14}")
+              f"{'mean dec b/a':>13} {'belief KL':>9} {'text share b/a':>14} {'unmirrored reward b/a':>21}")
     lines += [header, "-" * len(header)]
     for agent in result["agents"]:
         b, a = agent["before"], agent["after"]
         lines.append(f"{agent['seed']:>4} {agent['arm']:8} {b['mean_reward']:>+13.4f} {a['mean_reward']:>+9.4f} {b['timing']:>+8.4f}/{a['timing']:>+8.4f} "
                      f"{b['corr']:>+11.3f} {a['corr']:>+7.3f} {b['mean_decision']:>+6.2f}/{a['mean_decision']:>+6.2f} "
-                     f"{a['belief_kl']:>9.3f} {b['belief_text_share']:>6.2f} / {a['belief_text_share']:.2f}")
+                     f"{a['belief_kl']:>9.3f} {b['belief_text_share']:>6.2f} / {a['belief_text_share']:.2f} "
+                     f"{b['mean_reward_unmirrored']:>+10.4f}/{a['mean_reward_unmirrored']:>+8.4f}")
     returns = {agent["seed"]: agent["before"]["heldout_mean_return"] for agent in result["agents"]}
-    lines.append("held-out mean daily return per seed: " + ", ".join(f"{seed}: {value * 100:+.3f} %" for seed, value in returns.items()))
+    lines.append("held-out mean daily return per seed (original dates): " + ", ".join(f"{seed}: {value * 100:+.3f} %" for seed, value in returns.items()))
     lines.append("")
     for arm, figures in result["summary"].items():
         lines.append(f"{arm}: " + ", ".join(f"{name} {value['mean']:+.4f} ± {value['std']:.4f}" for name, value in figures.items() if value["mean"] is not None))
@@ -266,6 +286,8 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, help="training phases")
     parser.add_argument("--temperature", type=float, help="agents' sampling temperature")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a [training] key (JSON value), e.g. learning_rate=1e-4")
+    parser.add_argument("--unbalanced", action="store_true", help="evaluate the held-out dates only as they are, without their mirrors")
+    parser.add_argument("--keep-adapters", type=Path, metavar="DIR", help="save the trained adapters there (default: a temporary folder)")
     parser.add_argument("--out", type=Path, help="JSON file (default benchmarks/results/learning[_quick].json)")
     args = parser.parse_args()
     settings = QUICK if args.quick else Settings()
@@ -275,10 +297,12 @@ def main() -> None:
         settings = replace(settings, iterations=args.iterations)
     if args.temperature is not None:
         settings = replace(settings, temperature=args.temperature)
+    if args.unbalanced:
+        settings = replace(settings, balanced=False)
     if args.set:
         overrides = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.set)}
         settings = replace(settings, training=settings.training.model_copy(update=overrides))
-    result = run(settings)
+    result = run(settings, args.keep_adapters)
     print(report(result))
     out = args.out or RESULTS_DIR / f"learning{'_quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
