@@ -38,7 +38,6 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pandas as pd
-import torch
 
 from agents.llm import LLM, Completion
 from agents.prompts import Memory, Persona, system_message, user_message
