@@ -33,6 +33,7 @@ def test_sentences_about_the_market_read_as_text(belief):
     "My belief is that it's a high upside upside upside upside upside upside",  # a loop after a start
     "The cat sat on the mat today.",                 # a sentence, but not about the market
     "Rise.",                                          # too short
+    "市场 今天 会 上涨 很多",                           # words, but none the heuristic can read (no crash)
     "",
 ])
 def test_numbers_echoes_loops_and_off_topic_text_do_not(belief):

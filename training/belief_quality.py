@@ -23,6 +23,7 @@ turned into echoes of the prompt's numbers while the decision/return correlation
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 import torch
 
@@ -57,7 +58,7 @@ def reads_as_market_text(belief: str, prompt: str | None = None) -> bool:
     word_tokens = [token for token in tokens if _is_word(token)]
     if len(word_tokens) < MIN_WORDS or len(word_tokens) < MIN_WORD_SHARE * len(tokens):
         return False
-    if max(words.count(word) for word in set(words)) > MAX_REPEAT_SHARE * len(words):
+    if max(Counter(words).values(), default=0) > MAX_REPEAT_SHARE * len(words):
         return False
     if not any(word.startswith(MARKET_STEMS) for word in words):
         return False
