@@ -154,7 +154,7 @@ def _drive(scenario: Scenario, data: MarketData, dates, store: RunStore, llm: LL
     started = time.perf_counter()
     try:
         model = MarketModel(scenario, data, dates, store, llm, aed_meter=build_aed_meter(scenario, dates))
-        if store.con.execute("SELECT count(*) FROM agents").fetchone()[0] == 0:
+        if store.scalar("SELECT count(*) FROM agents") == 0:
             # Not `if not resumed`: a run killed after its directory appeared but before this
             # line has a run row and no agents yet, and its resume must write them.
             store.insert("agents", [agent_row(agent.spec) for agent in model.investors])

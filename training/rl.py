@@ -181,7 +181,7 @@ def completion_logits(model, batch: CompletionBatch, adapter_names: list[str] | 
                         use_cache=True, logits_to_keep=1, **prompt_names)
     # Rows take their prompt's logits and cache by a one-hot matmul, not index_select: on CPU the
     # latter's backward summed the rows of a shared prompt in a varying order (non-reproducible).
-    selection = torch.nn.functional.one_hot(batch.prompt_index, len(first_row)).float()
+    selection = torch.nn.functional.one_hot(batch.prompt_index, batch.prompt_ids.shape[0])
     first = _select(prompt_pass.logits, selection).float()  # predicts each completion's first token
     if batch.targets.shape[1] == 1:
         return first
