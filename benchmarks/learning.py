@@ -8,13 +8,14 @@ two agents share the persona and differ only in what they may read:
 - **control** reads `sentiment` (noise), so training can only fit noise: no comparable gain.
 
 Both are trained on the same train dates for `iterations` phases (each phase: the agent decides on
-`states` train dates, is paid `return * depth`, and one `Trainer.run_phase` updates its adapter;
-hindsight_grpo by default) and evaluated on later held-out dates, once before training (the base
+`states` train dates, is paid the scenario reward, and one `Trainer.run_phase` updates its
+adapter; hindsight_grpo and the user's `return * depth` by default, `--set reward='"risk_adjusted"'` for
+the mean-variance reward) and evaluated on later held-out dates, once before training (the base
 model; adapters are zero) and once after, at the agent's temperature with a fixed seed. Every
 seed's agents share one base model and one batched `generate`, as in the simulation.
 
-Reported per seed and as mean ± std over seeds: held-out mean reward and corr(decision_depth,
-next return), the reward split into timing (cov of decision and return) and bias (mean decision
+Reported per seed and as mean ± std over seeds: held-out mean reward (`return * depth`), mean
+utility (the training reward) and corr(decision_depth, next return), the reward split into timing (cov of decision and return) and bias (mean decision
 times the window's mean return: the part a merely more bullish agent gains or loses by luck of the
 window), and beside them the belief-quality figures: exact per-token belief KL to the base
 model and the share of beliefs that read as market text (training/belief_quality.py), plus a
@@ -47,7 +48,7 @@ from simulation.config import TrainingConfig
 from simulation.seeding import child_seed
 from training.belief_quality import belief_kl, belief_text_share
 from training.phase import Trainer
-from training.rewards import reward
+from training.rewards import recent_variance, reward
 from training.rl import Scored
 from training.samples import sample_from_completion
 
@@ -81,6 +82,9 @@ class Settings:
         algorithm="hindsight_grpo", group_size=4, max_samples=0, epochs=2, micro_batch=8, learning_rate=5e-4,
         lora_rank=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         kl_coef=0.1, reward_scale=100.0,
+        # --set reward='"risk_adjusted"' pays return * depth - 0.5 * 20 * (1 - 0.5) * depth^2 * var
+        # instead (benchmarks/results/learning-risk-adjusted.json: depths shrank, no timing learned)
+        reward="linear", risk_aversion=20.0,
     ))
 
 
@@ -96,12 +100,19 @@ class MarketPrompts:
         self.store = FactorStore(duckdb.connect(), self.data)
         prices = self.data.prices[self.data.prices["asset"] == ASSET].set_index("date")
         self.closes = prices["close"]
+        self.variance = recent_variance(prices["return"])
         self.dates = list(self.closes.index[:-1])  # every date with a next return
 
     def next_return(self, date: pd.Timestamp, mirrored: bool = False) -> float:
         position = self.closes.index.get_loc(date)
         value = float(self.closes.iloc[position + 1] / self.closes.iloc[position] - 1.0)
         return -value if mirrored else value
+
+    def reward(self, date: pd.Timestamp, decision: float, config: TrainingConfig, mirrored: bool = False) -> float:
+        """What `decision` earns on `date` under the scenario's reward (`config.reward`), as the
+        simulation pays it; the mirror has the same variance."""
+        return reward(config.reward, self.next_return(date, mirrored), decision, risk_preference=PERSONA.risk_preference,
+                      risk_aversion=config.risk_aversion, recent_variance=float(self.variance.loc[date]))
 
     def prompt(self, date: pd.Timestamp, categories: tuple[str, ...], memory_length: int = 0, mirrored: bool = False) -> str:
         """The agent's prompt on `date`; `mirrored` negates every factor (see `Settings.balanced`)."""
@@ -146,6 +157,8 @@ def evaluate(llm: LLM, trainer: Trainer, agents: list[Agent], markets: dict[int,
             kl = statistics.fmean(value for value in kls if value is not None)
         results[agent.agent_id] = {
             "mean_reward": float(np.mean(returns * decisions)),
+            # the training reward (risk_adjusted: the linear reward less the variance penalty)
+            "mean_utility": float(np.mean([markets[agent.seed].reward(date, decision, settings.training, mirrored) for ((date, mirrored), _, _), decision in zip(rows, decisions)])),
             "corr": _corr(decisions, returns),
             # the same on the original (unmirrored) dates only, for comparison
             "mean_reward_unmirrored": float(np.mean((returns * decisions)[original])),
@@ -180,11 +193,11 @@ def train(llm: LLM, trainer: Trainer, agents: list[Agent], markets: dict[int, Ma
         )
         samples: dict[int, list] = {agent.agent_id: [] for agent in agents}
         for step, ((agent, date), completion) in enumerate(zip(requests, completions)):
-            realised = markets[agent.seed].next_return(date)
+            market = markets[agent.seed]
             samples[agent.agent_id].append(sample_from_completion(
-                completion, agent_id=agent.agent_id, step=step, realised_return=realised,
-                reward=reward("linear", realised, completion.decision_depth), temperature=settings.temperature,
-                risk_preference=PERSONA.risk_preference, recent_variance=0.0))
+                completion, agent_id=agent.agent_id, step=step, realised_return=market.next_return(date),
+                reward=market.reward(date, completion.decision_depth, settings.training), temperature=settings.temperature,
+                risk_preference=PERSONA.risk_preference, recent_variance=float(market.variance.loc[date])))
         rows = trainer.run_phase(iteration + 1, iteration, samples, seed=child_seed(0, "benchmark-phase", iteration))
         entry = {"iteration": iteration + 1, "seconds": round(time.perf_counter() - started, 1),
                  "agents": {row.agent_id: {"reward_mean": row.reward_mean, "loss": row.loss, "kl": row.kl, "belief_kl": row.belief_kl, "grad_norm": row.grad_norm} for row in rows}}
@@ -225,7 +238,7 @@ def summarise(agents: list[Agent], before: dict, after: dict) -> dict:
     for arm in ("treated", "control"):
         arm_agents = [agent for agent in agents if agent.arm == arm]
         figures = {}
-        gains = ("mean_reward", "timing", "bias", "corr", "mean_decision", "mean_reward_unmirrored", "corr_unmirrored")
+        gains = ("mean_reward", "mean_utility", "timing", "bias", "corr", "mean_decision", "mean_reward_unmirrored", "corr_unmirrored")
         for metric in (*gains, "belief_kl", "belief_text_share"):
             for label, table in (("before", before), ("after", after)):
                 figures[f"{metric}_{label}"] = _spread([table[a.agent_id][metric] for a in arm_agents])
@@ -237,12 +250,12 @@ def summarise(agents: list[Agent], before: dict, after: dict) -> dict:
 
 def report(result: dict) -> str:
     lines = [f"learning benchmark: {len(result['settings']['seeds'])} seeds, {result['seconds']:.0f} s", ""]
-    header = (f"{'seed':>4} {'arm':8} {'reward before':>13} {'after':>9} {'timing b/a':>17} {'corr before':>11} {'after':>7} "
+    header = (f"{'seed':>4} {'arm':8} {'reward before':>13} {'after':>9} {'utility b/a':>17} {'timing b/a':>17} {'corr before':>11} {'after':>7} "
               f"{'mean dec b/a':>13} {'belief KL':>9} {'text share b/a':>14} {'unmirrored reward b/a':>21}")
     lines += [header, "-" * len(header)]
     for agent in result["agents"]:
         b, a = agent["before"], agent["after"]
-        lines.append(f"{agent['seed']:>4} {agent['arm']:8} {b['mean_reward']:>+13.4f} {a['mean_reward']:>+9.4f} {b['timing']:>+8.4f}/{a['timing']:>+8.4f} "
+        lines.append(f"{agent['seed']:>4} {agent['arm']:8} {b['mean_reward']:>+13.4f} {a['mean_reward']:>+9.4f} {b['mean_utility']:>+8.4f}/{a['mean_utility']:>+8.4f} {b['timing']:>+8.4f}/{a['timing']:>+8.4f} "
                      f"{b['corr']:>+11.3f} {a['corr']:>+7.3f} {b['mean_decision']:>+6.2f}/{a['mean_decision']:>+6.2f} "
                      f"{a['belief_kl']:>9.3f} {b['belief_text_share']:>6.2f} / {a['belief_text_share']:.2f} "
                      f"{b['mean_reward_unmirrored']:>+10.4f}/{a['mean_reward_unmirrored']:>+8.4f}")

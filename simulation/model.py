@@ -28,7 +28,7 @@ from market.price import Clearing, clear
 from simulation.config import Scenario, NewsEvent, ShockEvent, ImpactEvent
 from simulation.seeding import child_seed
 from simulation.store import RunStore
-from training.rewards import VARIANCE_WINDOW, reward
+from training.rewards import recent_variance, reward
 
 
 @dataclass
@@ -62,7 +62,7 @@ class MarketModel(mesa.Model):
         self.assets = scenario.data.assets or data.assets
         self.factor_store = FactorStore(store.con, data)
         self.returns = data.prices.pivot(index="date", columns="asset", values="return")
-        self.recent_variance = self.returns.rolling(VARIANCE_WINDOW, min_periods=2).var().fillna(0.0)
+        self.recent_variance = recent_variance(self.returns)
         closes = data.prices.pivot(index="date", columns="asset", values="close")
         self.fundamental = closes.loc[dates] / closes.loc[dates[0]] * scenario.market.initial_price
         self.investors = [InvestorAgent(self, spec) for spec in agent_specs(scenario)]

@@ -1,6 +1,9 @@
-"""The learning benchmark's held-out mirror: it must negate what the agent reads and what it is paid on."""
+"""The learning benchmark's market: the held-out mirror must negate what the agent reads and what it is paid
+on, and the pay must be the scenario reward with the variance known that day."""
 
 from __future__ import annotations
+
+import pytest
 
 from benchmarks.learning import MarketPrompts
 
@@ -25,3 +28,21 @@ def test_a_mirrored_state_negates_every_factor_and_the_next_return():
     assert any(value != 0 for value in factor_values(original))
     assert market.next_return(date, mirrored=True) == -market.next_return(date) != 0
     assert original.splitlines()[0] == mirrored.splitlines()[0]  # the price line is left as it is
+
+
+def test_the_benchmark_pays_the_scenario_reward_with_the_variance_known_that_day():
+    from benchmarks.learning import Settings
+    from training.rewards import VARIANCE_WINDOW
+
+    market = MarketPrompts(EchoChat(), seed=0, signal={"fundamental": 0.6}, n_days=40)
+    date = market.dates[VARIANCE_WINDOW + 5]
+    returns = market.data.prices.set_index("date")["return"]
+    known = returns.loc[:date].iloc[-VARIANCE_WINDOW:]
+    assert market.variance.loc[date] == pytest.approx(known.var(), rel=1e-9)
+    config = Settings().training.model_copy(update={"reward": "risk_adjusted"})
+    linear = market.next_return(date) * 10.0
+    penalty = 0.5 * config.risk_aversion * 0.5 * 100.0 * known.var()  # risk_preference 0.5, depth 10
+    assert market.reward(date, 10.0, config) == pytest.approx(linear - penalty, rel=1e-9)
+    assert market.reward(date, 10.0, config, mirrored=True) == pytest.approx(-linear - penalty, rel=1e-9)
+    assert market.reward(date, 10.0, config.model_copy(update={"reward": "linear"})) == pytest.approx(linear, rel=1e-12)
+    assert penalty > 0

@@ -15,7 +15,15 @@ from __future__ import annotations
 
 from typing import Literal
 
+import pandas as pd
+
 VARIANCE_WINDOW = 20  # trading days
+
+
+def recent_variance(returns: pd.DataFrame | pd.Series) -> pd.DataFrame | pd.Series:
+    """Per date, the variance of the daily returns over the last `VARIANCE_WINDOW` dates up to and
+    including it (known at that date's close); 0 until two returns exist."""
+    return returns.rolling(VARIANCE_WINDOW, min_periods=2).var().fillna(0.0)
 
 
 def reward(
