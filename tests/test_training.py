@@ -186,4 +186,3 @@ def test_most_recent_keeps_the_latest_samples_in_step_order():
     samples = [Sample(0, step, "p", [1], [2], [True], 1.0, 0.01, 0.01, "b", 1.0, 0.5, 1e-4) for step in range(5)]
     assert [s.step for s in most_recent(list(reversed(samples)), 3)] == [2, 3, 4]
     assert len(most_recent(samples, 0)) == 5
-
