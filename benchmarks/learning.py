@@ -9,15 +9,15 @@ two agents share the persona and differ only in what they may read:
 
 Both are trained on the same train dates for `iterations` phases (each phase: the agent decides on
 `states` train dates, is paid the scenario reward, and one `Trainer.run_phase` updates its
-adapter; hindsight_grpo and the user's `return * depth` by default, `--set reward='"risk_adjusted"'` for
-the mean-variance reward) and evaluated on later held-out dates, once before training (the base
+adapter; hindsight_grpo and the user's `return * depth` by default,
+`--set reward='"risk_adjusted"'` for the mean-variance reward) and evaluated on later held-out dates, once before training (the base
 model; adapters are zero) and once after, at the agent's temperature with a fixed seed. Every
 seed's agents share one base model and one batched `generate`, as in the simulation.
 
 Reported per seed and as mean ± std over seeds: held-out mean reward (`return * depth`), mean
-utility (the training reward) and corr(decision_depth, next return), the reward split into timing (cov of decision and return) and bias (mean decision
-times the window's mean return: the part a merely more bullish agent gains or loses by luck of the
-window), and beside them the belief-quality figures: exact per-token belief KL to the base
+utility (the training reward) and corr(decision_depth, next return), the reward split into
+timing (cov of decision and return) and bias (mean decision times the window's mean return: the
+part a merely more bullish agent gains or loses by luck of the window), and beside them the belief-quality figures: exact per-token belief KL to the base
 model and the share of beliefs that read as market text (training/belief_quality.py), plus a
 few beliefs before/after. Prompts come from agents/prompts.py, as the simulation writes them
 (no memory: held-out states are independent of the agent's history).
@@ -112,7 +112,11 @@ class MarketPrompts:
         """What `decision` earns on `date` under the scenario's reward (`config.reward`), as the
         simulation pays it; the mirror has the same variance."""
         return reward(config.reward, self.next_return(date, mirrored), decision, risk_preference=PERSONA.risk_preference,
-                      risk_aversion=config.risk_aversion, recent_variance=float(self.variance.loc[date]))
+                      risk_aversion=config.risk_aversion, recent_variance=self.variance_at(date))
+
+    def variance_at(self, date: pd.Timestamp) -> float:
+        """Variance of the daily returns over the window ending at `date` (known at `date`)."""
+        return float(self.variance.loc[date])
 
     def prompt(self, date: pd.Timestamp, categories: tuple[str, ...], memory_length: int = 0, mirrored: bool = False) -> str:
         """The agent's prompt on `date`; `mirrored` negates every factor (see `Settings.balanced`)."""
@@ -197,7 +201,7 @@ def train(llm: LLM, trainer: Trainer, agents: list[Agent], markets: dict[int, Ma
             samples[agent.agent_id].append(sample_from_completion(
                 completion, agent_id=agent.agent_id, step=step, realised_return=market.next_return(date),
                 reward=market.reward(date, completion.decision_depth, settings.training), temperature=settings.temperature,
-                risk_preference=PERSONA.risk_preference, recent_variance=float(market.variance.loc[date])))
+                risk_preference=PERSONA.risk_preference, recent_variance=market.variance_at(date)))
         rows = trainer.run_phase(iteration + 1, iteration, samples, seed=child_seed(0, "benchmark-phase", iteration))
         entry = {"iteration": iteration + 1, "seconds": round(time.perf_counter() - started, 1),
                  "agents": {row.agent_id: {"reward_mean": row.reward_mean, "loss": row.loss, "kl": row.kl, "belief_kl": row.belief_kl, "grad_norm": row.grad_norm} for row in rows}}

@@ -38,7 +38,7 @@ def test_the_benchmark_pays_the_scenario_reward_with_the_variance_known_that_day
     date = market.dates[VARIANCE_WINDOW + 5]
     returns = market.data.prices.set_index("date")["return"]
     known = returns.loc[:date].iloc[-VARIANCE_WINDOW:]
-    assert market.variance.loc[date] == pytest.approx(known.var(), rel=1e-9)
+    assert market.variance_at(date) == pytest.approx(known.var(), rel=1e-9)
     config = Settings().training.model_copy(update={"reward": "risk_adjusted"})
     linear = market.next_return(date) * 10.0
     penalty = 0.5 * config.risk_aversion * 0.5 * 100.0 * known.var()  # risk_preference 0.5, depth 10
