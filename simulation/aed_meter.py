@@ -53,14 +53,20 @@ class AEDMeter:
         return self._embedder
 
     def answers(self, model) -> tuple[np.ndarray, list[list[str]]]:
-        """Every agent's greedy (decision, belief) on every probe: shapes (K, N) and K x N."""
-        decisions, beliefs = [], []
+        """Every agent's greedy (decision, belief) on every probe: shapes (K, N) and K x N.
+
+        All probes go through the model as one batch (greedy, so the step passed for seeding is
+        immaterial); rows are then split back per probe and asset."""
+        per_probe = []
         for probe_step, date in zip(self.probe_steps, self.probe_dates):
             prices = {asset: float(model.fundamental.loc[date, asset]) for asset in model.assets}
-            observations = model.gather_factors(probe_step, date, news={}, use_memory=False, prices=prices)
-            completions = model.deliberate(probe_step, observations, greedy=True, seed_key="aed")
+            per_probe.append(model.gather_factors(probe_step, date, news={}, use_memory=False, prices=prices))
+        completions = model.deliberate(self.probe_steps[0], [o for observations in per_probe for o in observations], greedy=True, seed_key="aed")
+        decisions, beliefs, start = [], [], 0
+        for observations in per_probe:
+            probe_completions, start = completions[start:start + len(observations)], start + len(observations)
             for asset in model.assets:
-                rows = [c for o, c in zip(observations, completions) if o.asset == asset]
+                rows = [c for o, c in zip(observations, probe_completions) if o.asset == asset]
                 decisions.append([c.decision_depth for c in rows])
                 beliefs.append([c.belief for c in rows])
         return np.array(decisions, dtype=float), beliefs

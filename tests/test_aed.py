@@ -130,3 +130,38 @@ def test_default_embedder_embeds_beliefs_including_empty_ones():
     unrelated = embeddings[0, 0] @ embeddings[1, 1]
     assert similar > unrelated + 0.3
     assert 0.0 < belief_dispersion(embeddings) < 1.0
+
+
+def test_the_meter_answers_every_probe_in_one_batch_and_splits_it_back_per_probe_and_agent():
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from simulation.aed_meter import AEDMeter
+    from simulation.config import AEDConfig
+
+    dates = list(pd.date_range("2020-01-01", periods=9, freq="D"))
+
+    class TwoAgentsTwoAssets:
+        """Stands in for the market model: a probe's observations, and decisions that encode them."""
+
+        assets = ["A", "B"]
+        fundamental = pd.DataFrame(100.0, index=dates, columns=assets)
+        calls: list[int] = []
+
+        def gather_factors(self, t, date, news, use_memory, prices):
+            assert news == {} and use_memory is False
+            return [SimpleNamespace(agent_id=agent, asset=asset, t=t) for agent in (0, 1) for asset in self.assets]
+
+        def deliberate(self, t, observations, greedy, seed_key):
+            self.calls.append(len(observations))
+            assert greedy and seed_key == "aed"
+            return [SimpleNamespace(decision_depth=o.t + o.agent_id / 10, belief=f"{o.asset}{o.agent_id}@{o.t}") for o in observations]
+
+    meter = AEDMeter(AEDConfig(probes=3), dates)
+    model = TwoAgentsTwoAssets()
+    decisions, beliefs = meter.answers(model)
+    assert model.calls == [3 * 2 * 2]  # one batch: 3 probes x 2 agents x 2 assets
+    assert meter.probe_steps == [0, 4, 8]
+    assert decisions.tolist() == [[t, t + 0.1] for t in (0, 4, 8) for _ in ("A", "B")]
+    assert beliefs[3] == ["B0@4", "B1@4"]
