@@ -8,9 +8,10 @@ two agents share the persona and differ only in what they may read:
 - **control** reads `sentiment` (noise), so training can only fit noise: no comparable gain.
 
 Both are trained on the same train dates for `iterations` phases (each phase: the agent decides on
-`states` train dates, is paid the scenario reward, and one `Trainer.run_phase` updates its
-adapter; hindsight_grpo and the user's `return * depth` by default,
-`--set reward='"risk_adjusted"'` for the mean-variance reward) and evaluated on later held-out dates, once before training (the base
+`states` random train dates (or, with `--balanced-training`, states/2 dates and their mirrors),
+is paid the scenario reward, and one `Trainer.run_phase` updates its adapter;
+hindsight_grpo and the user's `return * depth` by default, `--set reward='"risk_adjusted"'` for
+the mean-variance reward) and evaluated on later held-out dates, once before training (the base
 model; adapters are zero) and once after, at the agent's temperature with a fixed seed. Every
 seed's agents share one base model and one batched `generate`, as in the simulation.
 
@@ -72,9 +73,16 @@ class Settings:
     # is as likely as the original; the pair's mean return is exactly 0, which removes the
     # "bias" term (mean decision x the window's mean return) from the held-out reward. Without
     # it that term is luck of the window and, for a base model that is bullish by default, as
-    # large as the timing gain (benchmarks/results/learning-unbalanced.json). Training is not
-    # mirrored: it sees the market as the simulation would.
+    # large as the timing gain (benchmarks/results/learning-unbalanced.json).
     balanced: bool = True
+    # Optionally train on balanced phases too (--balanced-training): each phase decides on
+    # states/2 train dates and on their mirrors, so the phase's returns sum to exactly 0 and a
+    # more bullish policy earns nothing across it; only timing is paid. It was meant to stop the
+    # linear reward's drift to +10 in a rising train window (learning.json, seed 2). It did stop
+    # the drift but learned in 1 seed of 3, with half the distinct train dates
+    # (benchmarks/results/learning-balanced-training.json), so the default trains on the market
+    # as the simulation would see it.
+    balanced_training: bool = False
     kl_examples: int = 8                # held-out completions per agent scored for belief KL
     temperature: float = 1.0            # the agents' sampling temperature, in training and evaluation
     belief_tokens: int = 16
@@ -188,19 +196,19 @@ def train(llm: LLM, trainer: Trainer, agents: list[Agent], markets: dict[int, Ma
     for iteration in range(settings.iterations):
         started = time.perf_counter()
         rng = np.random.default_rng(child_seed(0, "benchmark-states", iteration))
-        picked = {seed: [dates[seed][i] for i in rng.choice(len(dates[seed]), settings.states, replace=False)] for seed in markets}
-        requests = [(agent, date) for agent in agents for date in picked[agent.seed]]
+        picked = {seed: training_states(dates[seed], settings, rng) for seed in markets}
+        requests = [(agent, state) for agent in agents for state in picked[agent.seed]]
         completions = llm.generate(
-            [markets[agent.seed].prompt(date, agent.categories) for agent, date in requests], [settings.temperature] * len(requests),
+            [markets[agent.seed].prompt(date, agent.categories, mirrored=mirrored) for agent, (date, mirrored) in requests], [settings.temperature] * len(requests),
             [trainer.adapter_name(agent.agent_id) for agent, _ in requests], belief_tokens=settings.belief_tokens, batch_size=32,
             seed=child_seed(0, "benchmark-act", iteration),
         )
         samples: dict[int, list] = {agent.agent_id: [] for agent in agents}
-        for step, ((agent, date), completion) in enumerate(zip(requests, completions)):
+        for step, ((agent, (date, mirrored)), completion) in enumerate(zip(requests, completions)):
             market = markets[agent.seed]
             samples[agent.agent_id].append(sample_from_completion(
-                completion, agent_id=agent.agent_id, step=step, realised_return=market.next_return(date),
-                reward=market.reward(date, completion.decision_depth, settings.training), temperature=settings.temperature,
+                completion, agent_id=agent.agent_id, step=step, realised_return=market.next_return(date, mirrored),
+                reward=market.reward(date, completion.decision_depth, settings.training, mirrored), temperature=settings.temperature,
                 risk_preference=PERSONA.risk_preference, recent_variance=market.variance_at(date)))
         rows = trainer.run_phase(iteration + 1, iteration, samples, seed=child_seed(0, "benchmark-phase", iteration))
         entry = {"iteration": iteration + 1, "seconds": round(time.perf_counter() - started, 1),
@@ -209,6 +217,16 @@ def train(llm: LLM, trainer: Trainer, agents: list[Agent], markets: dict[int, Ma
         summary = "  ".join(f"{a.arm[0]}{a.seed}: r {row.reward_mean:+.4f} kl {row.kl if row.kl is not None else 0:.3f}" for a, row in zip(agents, rows))
         print(f"phase {iteration + 1}/{settings.iterations} ({entry['seconds']} s)  {summary}", flush=True)
     return log
+
+
+def training_states(dates: list[pd.Timestamp], settings: Settings, rng: np.random.Generator) -> list[tuple[pd.Timestamp, bool]]:
+    """One phase's `states` train states as (date, mirrored): distinct random dates, or, with
+    `balanced_training`, states/2 of them each followed by its mirror."""
+    if not settings.balanced_training:
+        return [(dates[i], False) for i in rng.choice(len(dates), settings.states, replace=False)]
+    if settings.states % 2:
+        raise ValueError(f"balanced_training needs an even number of states, got {settings.states}")
+    return [(dates[i], mirrored) for i in rng.choice(len(dates), settings.states // 2, replace=False) for mirrored in (False, True)]
 
 
 def run(settings: Settings, keep_adapters: Path | None = None) -> dict:
@@ -303,6 +321,7 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, help="agents' sampling temperature")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a [training] key (JSON value), e.g. learning_rate=1e-4")
     parser.add_argument("--unbalanced", action="store_true", help="evaluate the held-out dates only as they are, without their mirrors")
+    parser.add_argument("--balanced-training", action="store_true", help="train on states/2 dates per phase and their mirrors (only timing pays)")
     parser.add_argument("--keep-adapters", type=Path, metavar="DIR", help="save the trained adapters there (default: a temporary folder)")
     parser.add_argument("--out", type=Path, help="JSON file (default benchmarks/results/learning[_quick].json)")
     args = parser.parse_args()
@@ -315,6 +334,8 @@ def main() -> None:
         settings = replace(settings, temperature=args.temperature)
     if args.unbalanced:
         settings = replace(settings, balanced=False)
+    if args.balanced_training:
+        settings = replace(settings, balanced_training=True)
     if args.set:
         overrides = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.set)}
         settings = replace(settings, training=settings.training.model_copy(update=overrides))

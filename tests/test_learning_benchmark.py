@@ -46,3 +46,19 @@ def test_the_benchmark_pays_the_scenario_reward_with_the_variance_known_that_day
     assert market.reward(date, 10.0, config, mirrored=True) == pytest.approx(-linear - penalty, rel=1e-9)
     assert market.reward(date, 10.0, config.model_copy(update={"reward": "linear"})) == pytest.approx(linear, rel=1e-12)
     assert penalty > 0
+
+
+def test_balanced_training_states_pair_each_date_with_its_mirror():
+    import numpy as np
+
+    from benchmarks.learning import Settings, training_states
+
+    market = MarketPrompts(EchoChat(), seed=0, signal={"fundamental": 0.6}, n_days=40)
+    states = training_states(market.dates, Settings(states=8, balanced_training=True), np.random.default_rng(0))
+    assert len(states) == 8 and len({date for date, _ in states}) == 4
+    assert [mirrored for _, mirrored in states] == [False, True] * 4
+    assert sum(market.next_return(date, mirrored) for date, mirrored in states) == pytest.approx(0.0, abs=1e-15)
+    plain = training_states(market.dates, Settings(states=8, balanced_training=False), np.random.default_rng(0))
+    assert len({date for date, _ in plain}) == 8 and not any(mirrored for _, mirrored in plain)
+    with pytest.raises(ValueError, match="even number of states"):
+        training_states(market.dates, Settings(states=7, balanced_training=True), np.random.default_rng(0))
