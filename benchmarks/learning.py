@@ -23,7 +23,7 @@ model and the share of beliefs that read as market text (training/belief_quality
 few beliefs before/after. Prompts come from agents/prompts.py, as the simulation writes them
 (no memory: held-out states are independent of the agent's history).
 
-    python -m benchmarks.learning            # full: 3 seeds (about 45 min on 2 CPU cores)
+    python -m benchmarks.learning            # full: 3 seeds (33-43 min on 2 CPU cores)
     python -m benchmarks.learning --quick    # a short smoke run (a few minutes)
 """
 
