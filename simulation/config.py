@@ -134,6 +134,7 @@ class TrainingConfig(Section):
     algorithm: Literal["reinforce", "hindsight_grpo"] = Field("reinforce", description="'reinforce': each agent's phase samples are one group (per-agent leave-one-out baseline); 'hindsight_grpo': G completions per past state, scored against that day's realised return. See training/rl.py.")
     reward: Literal["linear", "risk_adjusted"] = Field("linear", description="'linear' = return * depth; 'risk_adjusted' subtracts a variance penalty scaled by risk preference.")
     risk_aversion: float = Field(20.0, ge=0.0, description="lambda of the risk-adjusted reward; see training/rewards.py.")
+    excess_return: bool = Field(False, description="Learn from each sample's return minus the mean return of the agent's samples in the phase, so a trend in the window (which pays plain bullishness) drops out and only timing earns an advantage; the reward paid and stored is unchanged. See training/phase.py.")
     reward_scale: float = Field(100.0, gt=0.0, description="Advantages are multiplied by this (returns are ~0.01); it sets the policy gradient's weight against kl_coef.")
     lora_rank: int = Field(8, ge=1, le=256, description="Rank r of every agent's LoRA adapter.")
     lora_alpha: float = Field(16.0, gt=0.0, description="LoRA scaling numerator: the update is (alpha / r) * B A.")

@@ -108,6 +108,32 @@ def test_phases_raise_the_held_out_reward_in_a_rising_market(tiny_model_dir, tmp
 
 
 @pytest.mark.parametrize("algorithm", ["reinforce", "hindsight_grpo"])
+def test_excess_return_leaves_a_uniform_trend_nothing_to_learn(tiny_model_dir, tmp_path, algorithm):
+    trainer = make_trainer(tiny_model_dir, tmp_path, algorithm=algorithm, excess_return=True)
+    before = state(trainer, 0)
+    rows = trainer.run_phase(1, 9, {0: decide(trainer, 0, 16, seed=1, returns=lambda prompt: 0.01)}, seed=5)
+    assert rows[0].loss is None and same(state(trainer, 0), before)  # every day's excess return is 0
+    assert rows[0].reward_mean != 0.0  # the reward paid is still the scenario's
+
+
+def test_excess_return_reinforces_the_days_that_beat_the_phase_mean(tiny_model_dir, tmp_path):
+    trainer = make_trainer(tiny_model_dir, tmp_path, epochs=2, excess_return=True)
+    rising = lambda prompt: 0.02 if "goes up" in prompt else 0.0  # every day pays a bull; "up" days pay more
+    samples = decide(trainer, 0, 16, seed=1, returns=rising)
+    mean_return = sum(s.realised_return for s in samples) / len(samples)
+    advantages = torch.tensor(leave_one_out_advantages([(s.realised_return - mean_return) * s.decision_depth for s in samples], 1.0))
+    before = sequence_logprobs(trainer, 0, samples)
+    trainer.run_phase(1, 15, {0: samples}, seed=5)
+    change = sequence_logprobs(trainer, 0, samples) - before
+    assert float((advantages * change).sum()) > 0
+    # on the flat days the reward paid is 0 whatever the depth, yet the buys there lost ground to the sells
+    flat = [i for i, s in enumerate(samples) if s.realised_return == 0.0]
+    buys = [change[i] for i in flat if samples[i].decision_depth > 0]
+    sells = [change[i] for i in flat if samples[i].decision_depth < 0]
+    assert buys and sells and float(sum(buys) / len(buys)) < float(sum(sells) / len(sells))
+
+
+@pytest.mark.parametrize("algorithm", ["reinforce", "hindsight_grpo"])
 def test_phase_is_deterministic_given_its_seed(tiny_model_dir, tmp_path, algorithm):
     trainer = make_trainer(tiny_model_dir, tmp_path, algorithm=algorithm, epochs=2, micro_batch=4)
     samples = {0: decide(trainer, 0, 8, seed=1), 1: decide(trainer, 1, 8, seed=2)}

@@ -12,6 +12,15 @@ phase. The phase:
 4. saves every adapter, trained or not, to `<adapter_dir>/phase_<k>/agent_<id>/` (PEFT format)
    and reports one `PhaseRow` per agent, as soon as that agent is done.
 
+**Excess return** (`training.excess_return`, off by default). With the linear reward a group's
+leave-one-out advantages are `r_day * (d_i - mean of the others)`. Summed over a phase whose days
+mostly rose, that is a push towards larger depths on every day alike: the agent learns "be
+bullish", which pays only while the window keeps rising, and it can swamp the timing signal
+(benchmarks/results/learning-seeds345.json). With `excess_return` every sample is scored against
+`r_day - mean r` over the agent's phase samples instead, so a policy that does the same thing on
+every day gets a zero advantage on average and only decisions that track the day-to-day
+differences are reinforced. The reward that is paid, stored and reported stays the scenario's.
+
 A phase is deterministic given its starting adapters, its samples and `seed`: every random draw
 comes from generators seeded from `seed` and the agent id, inside a fork of the global RNG, which
 is left as it was. So a phase re-run after a crash (`restore(k - 1)`, then `run_phase(k, ...)`)
@@ -109,10 +118,12 @@ class Trainer:
         """Each agent's completions to learn from, with leave-one-out advantages, in groups that
         share a prompt (one group per sample for reinforce, whose baseline spans all of them)."""
         config = self.config
+        benchmarks = {agent_id: self._benchmark_return(agent_samples) for agent_id, agent_samples in chosen.items()}
         if config.algorithm == "reinforce":
             groups = {}
             for agent_id, agent_samples in chosen.items():
-                advantages = leave_one_out_advantages([sample.reward for sample in agent_samples], config.reward_scale)
+                rewards = [self._hindsight_reward(sample, sample.decision_depth, benchmarks[agent_id]) if config.excess_return else sample.reward for sample in agent_samples]
+                advantages = leave_one_out_advantages(rewards, config.reward_scale)
                 groups[agent_id] = [[_scored(sample, sample.temperature, advantage)] for sample, advantage in zip(agent_samples, advantages)]
             return groups
         requests = [(agent_id, sample) for agent_id, agent_samples in chosen.items() for sample in agent_samples for _ in range(config.group_size - 1)]
@@ -127,15 +138,23 @@ class Trainer:
             groups[agent_id] = []
             for sample in agent_samples:
                 members = [sample] + [next(completions) for _ in range(config.group_size - 1)]
-                rewards = [self._hindsight_reward(sample, member.decision_depth) for member in members]
+                rewards = [self._hindsight_reward(sample, member.decision_depth, benchmarks[agent_id]) for member in members]
                 advantages = leave_one_out_advantages(rewards, config.reward_scale)
                 groups[agent_id].append([_scored(member, sample.temperature, advantage) for member, advantage in zip(members, advantages)])
         return groups
 
-    def _hindsight_reward(self, sample: Sample, decision_depth: float) -> float:
-        """What `decision_depth` would have earned on the sample's day, the return held fixed."""
+    def _benchmark_return(self, agent_samples: list[Sample]) -> float:
+        """The return the learning signal is measured against: 0, or with `excess_return` the
+        mean realised return of the agent's phase samples."""
+        if not self.config.excess_return or not agent_samples:
+            return 0.0
+        return statistics.fmean(sample.realised_return for sample in agent_samples)
+
+    def _hindsight_reward(self, sample: Sample, decision_depth: float, benchmark_return: float = 0.0) -> float:
+        """What `decision_depth` would have earned on the sample's day, the return held fixed (less
+        `benchmark_return`: see `excess_return` in the module docstring)."""
         return reward(
-            self.config.reward, sample.realised_return, decision_depth,
+            self.config.reward, sample.realised_return - benchmark_return, decision_depth,
             risk_preference=sample.risk_preference, risk_aversion=self.config.risk_aversion, recent_variance=sample.recent_variance,
         )
 
