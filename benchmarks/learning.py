@@ -319,6 +319,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", help="market seeds (default 0 1 2)")
     parser.add_argument("--iterations", type=int, help="training phases")
     parser.add_argument("--temperature", type=float, help="agents' sampling temperature")
+    parser.add_argument("--eval-samples", type=int, help="completions per held-out date and agent (default 1; more shrinks the evaluation noise)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a [training] key (JSON value), e.g. learning_rate=1e-4")
     parser.add_argument("--unbalanced", action="store_true", help="evaluate the held-out dates only as they are, without their mirrors")
     parser.add_argument("--balanced-training", action="store_true", help="train on states/2 dates per phase and their mirrors (only timing pays)")
@@ -330,6 +331,8 @@ def main() -> None:
         settings = replace(settings, seeds=tuple(args.seeds))
     if args.iterations:
         settings = replace(settings, iterations=args.iterations)
+    if args.eval_samples:
+        settings = replace(settings, eval_samples=args.eval_samples)
     if args.temperature is not None:
         settings = replace(settings, temperature=args.temperature)
     if args.unbalanced:
