@@ -122,7 +122,8 @@ class Trainer:
         if config.algorithm == "reinforce":
             groups = {}
             for agent_id, agent_samples in chosen.items():
-                rewards = [self._hindsight_reward(sample, sample.decision_depth, benchmarks[agent_id]) if config.excess_return else sample.reward for sample in agent_samples]
+                # the paid reward less benchmark * depth: (r - b) d = r d - b d, and the risk penalty does not depend on r
+                rewards = [sample.reward - benchmarks[agent_id] * sample.decision_depth for sample in agent_samples]
                 advantages = leave_one_out_advantages(rewards, config.reward_scale)
                 groups[agent_id] = [[_scored(sample, sample.temperature, advantage)] for sample, advantage in zip(agent_samples, advantages)]
             return groups
@@ -150,7 +151,7 @@ class Trainer:
             return 0.0
         return statistics.fmean(sample.realised_return for sample in agent_samples)
 
-    def _hindsight_reward(self, sample: Sample, decision_depth: float, benchmark_return: float = 0.0) -> float:
+    def _hindsight_reward(self, sample: Sample, decision_depth: float, benchmark_return: float) -> float:
         """What `decision_depth` would have earned on the sample's day, the return held fixed (less
         `benchmark_return`: see `excess_return` in the module docstring)."""
         return reward(
