@@ -16,7 +16,7 @@ from simulation.config import TrainingConfig
 from training import adapters
 from training.phase import Trainer
 from training.rewards import reward
-from training.rl import build_batch, completion_logits, decoding_logits, leave_one_out_advantages, token_logprobs, Scored
+from training.rl import build_batch, completion_logits, decoding_logits, leave_one_out_advantages, policy_loss, token_logprobs, Scored
 from training.samples import Sample, most_recent, sample_from_completion
 
 BELIEF_TOKENS = 6
@@ -198,6 +198,27 @@ def test_scoring_replays_the_decoding_that_generated_the_tokens(tiny_model_dir, 
     assert torch.equal(logits.argmax(-1)[batch.valid], batch.targets[batch.valid])
     forced = batch.valid & ~batch.trainable
     assert forced.any() and torch.allclose(token_logprobs(logits, batch)[forced], torch.zeros(int(forced.sum())))
+
+
+@pytest.mark.parametrize("decision_weight", [1.0, 8.0])
+def test_decision_weight_sets_the_number_tokens_share_of_the_policy_gradient(tiny_model_dir, tmp_path, decision_weight):
+    trainer = make_trainer(tiny_model_dir, tmp_path)
+    samples = decide(trainer, 0, 4, seed=1)
+    llm = trainer.llm
+    items = [Scored(s.prompt_ids, s.completion_ids, s.trainable, 1.0, advantage) for s, advantage in zip(samples, [1.0, -2.0, 0.5, 3.0])]
+    batch = build_batch(items, llm.slot, BELIEF_TOKENS, llm.model.config.vocab_size, llm.tokenizer.pad_token_id, llm.device)
+    with torch.no_grad():
+        logprobs = token_logprobs(completion_logits(llm.model, batch, ["__base__"] * len(items)), batch)
+    leaf = logprobs.clone().requires_grad_()
+    policy_loss(leaf, logprobs, logprobs, batch, kl_coef=0.1, clip_epsilon=0.2, decision_weight=decision_weight).loss.backward()
+    per_advantage = -leaf.grad / batch.advantages  # first epoch, at the base: d loss / d log pi = -A * weight / total weight
+    number = batch.trainable & ~batch.belief
+    belief = batch.trainable & batch.belief
+    assert number.any() and belief.any()
+    assert torch.allclose(per_advantage[number], torch.full_like(per_advantage[number], float(per_advantage[belief][0]) * decision_weight))
+    weights = belief.sum() + decision_weight * number.sum()
+    assert torch.allclose(per_advantage[belief], torch.full_like(per_advantage[belief], 1.0 / float(weights)))
+    assert float(leaf.grad[~batch.trainable].abs().sum()) == 0.0
 
 
 def test_leave_one_out_advantages_sum_to_zero_and_need_a_peer():

@@ -173,6 +173,7 @@ class Trainer:
                 slot=self.llm.slot, belief_tokens=self.belief_tokens, pad_id=self.llm.tokenizer.pad_token_id, device=self.llm.device,
                 learning_rate=config.learning_rate, kl_coef=config.kl_coef, clip_epsilon=config.clip_epsilon,
                 grad_clip=config.grad_clip, epochs=config.epochs, micro_batch=config.micro_batch, generator=generator,
+                decision_weight=config.decision_weight,
             )
         path = adapters.save_adapter(model, name, self.adapter_path(phase, agent_id))
         paid = [sample.reward for sample in agent_samples]

@@ -29,7 +29,13 @@ tokens are excluded), averaged over the micro-batch's tokens (token-level, as in
 KL(pi || pi_base) that GRPO uses, with pi_base the base model (the adapter disabled). In the
 first epoch `pi_old` is the policy itself (rho = 1, the plain policy gradient); later epochs
 reuse those first-pass log-probs, so rho and its clip keep repeated passes near the policy that
-sampled. Probabilities are those of the decoding that produced the tokens: the agent's
+sampled. **Token weights** (`training.decision_weight`, default 1): the mean is weighted, belief
+tokens 1 and decision-number tokens `decision_weight`. A completion is up to `belief_tokens`
+belief tokens and a 1-3 token number, and every token carries the completion's advantage; at
+weight 1 the number, whose sign is what the market pays, gets a few percent of each step's
+gradient and the belief tokens (whose credit is noisy: many beliefs lead to the same number) the
+rest. A weight near `belief_tokens / 2` gives the number about as much weight as the belief.
+Probabilities are those of the decoding that produced the tokens: the agent's
 temperature (1 for greedy agents) and the decision slot's constraints (only number-prefix tokens
 inside the number, no end-of-sequence inside the belief), so the gradient is the gradient of the
 distribution that was actually sampled. Gradients are clipped to `grad_clip` per optimizer step;
@@ -223,16 +229,18 @@ class LossTerms:
     kl: float                 # mean k3 per trainable token
 
 
-def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, base_logprobs: torch.Tensor, batch: CompletionBatch, kl_coef: float, clip_epsilon: float) -> LossTerms:
-    """The clipped surrogate plus the k3 KL penalty, averaged over the trainable tokens."""
+def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, base_logprobs: torch.Tensor, batch: CompletionBatch, kl_coef: float, clip_epsilon: float, decision_weight: float = 1.0) -> LossTerms:
+    """The clipped surrogate plus the k3 KL penalty, a weighted mean over the trainable tokens
+    (belief tokens weigh 1, decision-number tokens `decision_weight`); `kl` is unweighted."""
     mask = batch.trainable.float()
     tokens = mask.sum().clamp(min=1.0)
+    weights = mask * torch.where(batch.belief, 1.0, decision_weight)
     ratio = torch.exp(logprobs - old_logprobs)
     clipped_ratio = ratio.clamp(1.0 - clip_epsilon, 1.0 + clip_epsilon)
     surrogate = torch.minimum(ratio * batch.advantages, clipped_ratio * batch.advantages)
     log_ratio_base = base_logprobs - logprobs
     k3 = torch.exp(log_ratio_base) - log_ratio_base - 1.0
-    loss = ((-surrogate + kl_coef * k3) * mask).sum() / tokens
+    loss = ((-surrogate + kl_coef * k3) * weights).sum() / weights.sum().clamp(min=1e-12)
     k3 = k3.detach()
     return LossTerms(loss, k3, float((k3 * mask).sum() / tokens))
 
@@ -264,6 +272,7 @@ def update_adapter(
     epochs: int,
     micro_batch: int,
     generator: torch.Generator,
+    decision_weight: float = 1.0,
 ) -> UpdateStats:
     """Train the active adapter (whose tensors are `parameters`) on `groups` of completions.
 
@@ -299,7 +308,7 @@ def update_adapter(
                 logprobs = token_logprobs(completion_logits(model, batch), batch)
                 if old_logprobs[index] is None:
                     old_logprobs[index] = logprobs.detach()
-                terms = policy_loss(logprobs, old_logprobs[index], base_logprobs[index], batch, kl_coef, clip_epsilon)
+                terms = policy_loss(logprobs, old_logprobs[index], base_logprobs[index], batch, kl_coef, clip_epsilon, decision_weight)
                 optimizer.zero_grad(set_to_none=True)
                 terms.loss.backward()
                 norms.append(float(torch.nn.utils.clip_grad_norm_(parameters, grad_clip)))
