@@ -62,6 +62,7 @@ PERSONA = Persona(optimism=0.5, rationality=0.8, risk_preference=0.5)
 @dataclass(frozen=True)
 class Settings:
     seeds: tuple[int, ...] = (0, 1, 2)
+    model: str = "packaged"             # as [model] path: "packaged" SmolLM2-135M, a local HF folder or a hub id
     signal: float = 0.6                 # corr(fundamental latent at t, return t -> t+1)
     train_dates: int = 120
     heldout_dates: int = 96             # long enough that the window's mean return is small (see report)
@@ -231,7 +232,7 @@ def training_states(dates: list[pd.Timestamp], settings: Settings, rng: np.rando
 
 def run(settings: Settings, keep_adapters: Path | None = None) -> dict:
     started = time.perf_counter()
-    llm = LLM.load("packaged")
+    llm = LLM.load(settings.model)
     agents = [Agent(2 * i + j, seed, arm, categories) for i, seed in enumerate(settings.seeds) for j, (arm, categories) in enumerate((("treated", TREATED), ("control", CONTROL)))]
     n_days = settings.train_dates + settings.heldout_dates + 2
     markets = {seed: MarketPrompts(llm, seed=seed, signal={"fundamental": settings.signal}, n_days=n_days) for seed in settings.seeds}
@@ -317,6 +318,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one seed, two short phases: a smoke run")
     parser.add_argument("--seeds", type=int, nargs="+", help="market seeds (default 0 1 2)")
+    parser.add_argument("--model", help="model path as in a scenario's [model] path (default: packaged SmolLM2-135M)")
     parser.add_argument("--iterations", type=int, help="training phases")
     parser.add_argument("--temperature", type=float, help="agents' sampling temperature")
     parser.add_argument("--eval-samples", type=int, help="completions per held-out date and agent (default 1; more shrinks the evaluation noise)")
@@ -329,6 +331,8 @@ def main() -> None:
     settings = QUICK if args.quick else Settings()
     if args.seeds:
         settings = replace(settings, seeds=tuple(args.seeds))
+    if args.model:
+        settings = replace(settings, model=args.model)
     if args.iterations:
         settings = replace(settings, iterations=args.iterations)
     if args.eval_samples:

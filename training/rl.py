@@ -31,10 +31,11 @@ first epoch `pi_old` is the policy itself (rho = 1, the plain policy gradient); 
 reuse those first-pass log-probs, so rho and its clip keep repeated passes near the policy that
 sampled. **Token weights** (`training.decision_weight`, default 1): the mean is weighted, belief
 tokens 1 and decision-number tokens `decision_weight`. A completion is up to `belief_tokens`
-belief tokens and a 1-3 token number, and every token carries the completion's advantage; at
-weight 1 the number, whose sign is what the market pays, gets a few percent of each step's
-gradient and the belief tokens (whose credit is noisy: many beliefs lead to the same number) the
-rest. A weight near `belief_tokens / 2` gives the number about as much weight as the belief.
+belief tokens and a 4-5 token number (sign, digits, point, tenths in SmolLM2's tokenizer), and
+every token carries the completion's advantage; at weight 1 and 16 belief tokens the number is
+~20 % of the loss and its sign, the token the market pays most for, ~5 %; the belief tokens, whose
+credit is noisy (many beliefs lead to the same number), are the rest. A weight of about
+`belief_tokens / 4` gives the number as much weight as the belief.
 Probabilities are those of the decoding that produced the tokens: the agent's
 temperature (1 for greedy agents) and the decision slot's constraints (only number-prefix tokens
 inside the number, no end-of-sequence inside the belief), so the gradient is the gradient of the
