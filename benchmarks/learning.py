@@ -127,17 +127,25 @@ class MarketPrompts:
         """Variance of the daily returns over the window ending at `date` (known at `date`)."""
         return float(self.variance.loc[date])
 
-    def prompt(self, date: pd.Timestamp, categories: tuple[str, ...], memory_length: int = 0, mirrored: bool = False) -> str:
-        """The agent's prompt on `date`; `mirrored` negates every factor (see `Settings.balanced`)."""
+    def factors(self, date: pd.Timestamp, categories: tuple[str, ...], mirrored: bool = False) -> pd.DataFrame:
+        """The factors of `categories` visible on `date`; `mirrored` negates every one (see `Settings.balanced`)."""
         factors = self.store.visible(date, ASSET, list(categories))
         if mirrored:
             factors["value"] = -factors["value"]
+        return factors
+
+    def prompt(self, date: pd.Timestamp, categories: tuple[str, ...], memory_length: int = 0, mirrored: bool = False, ask: str | None = None) -> str:
+        """The agent's prompt on `date` (factors as `factors` gives them); `ask`, if given, replaces
+        the closing instruction (`{asset}` = the asset; benchmarks/prompt_probe.py)."""
+        factors = self.factors(date, categories, mirrored)
         position = self.closes.index.get_loc(date)
         memory = [
             Memory(str(past.date()), "", 2.0, self.next_return(past), 0.0)
             for past in self.closes.index[max(position - memory_length, 0):position]
         ]
         user = user_message(asset=ASSET, price=float(self.closes.loc[date]), factors=factors, news=[], memory=memory)
+        if ask is not None:
+            user = user.rsplit("\n", 1)[0] + "\n" + ask.replace("{asset}", ASSET)
         return self.llm.chat_prompt(system_message(PERSONA), user)
 
 
@@ -172,10 +180,10 @@ def evaluate(llm: LLM, trainer: Trainer, agents: list[Agent], markets: dict[int,
             "mean_reward": float(np.mean(returns * decisions)),
             # the training reward (risk_adjusted: the linear reward less the variance penalty)
             "mean_utility": float(np.mean([markets[agent.seed].reward(date, decision, settings.training, mirrored) for ((date, mirrored), _, _), decision in zip(rows, decisions)])),
-            "corr": _corr(decisions, returns),
+            "corr": corr(decisions, returns),
             # the same on the original (unmirrored) dates only, for comparison
             "mean_reward_unmirrored": float(np.mean((returns * decisions)[original])),
-            "corr_unmirrored": _corr(decisions[original], returns[original]),
+            "corr_unmirrored": corr(decisions[original], returns[original]),
             # mean reward = timing + bias: cov(decision, return) + mean decision * mean return. A
             # policy that only grew more bullish gains "bias" in a rising window and loses it in a
             # falling one; only "timing" comes from reading the market.
@@ -299,7 +307,7 @@ def _as_scored(completion: Completion, temperature: float) -> Scored:
     return Scored(completion.prompt_ids, completion.completion_ids, completion.trainable, temperature)
 
 
-def _corr(decisions: np.ndarray, returns: np.ndarray) -> float:
+def corr(decisions: np.ndarray, returns: np.ndarray) -> float:
     """Pearson correlation; 0 when the decisions do not vary (a constant policy has no edge)."""
     if decisions.std() == 0 or returns.std() == 0:
         return 0.0

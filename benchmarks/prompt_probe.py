@@ -22,8 +22,7 @@ import argparse
 import numpy as np
 
 from agents.llm import LLM
-from agents.prompts import system_message, user_message
-from benchmarks.learning import ASSET, PERSONA, TREATED, MarketPrompts, Settings
+from benchmarks.learning import TREATED, MarketPrompts, Settings, corr
 
 SIGNAL_FACTOR, NOISE_FACTOR = "value_score", "earnings_yield"
 
@@ -33,31 +32,19 @@ def probe(*, model: str, seed: int, ask: str | None, belief_tokens: int, tempera
     llm = LLM.load(model)
     market = MarketPrompts(llm, seed=seed, signal={"fundamental": settings.signal}, n_days=settings.train_dates + settings.heldout_dates + 2)
     dates = market.dates[settings.train_dates: settings.train_dates + settings.heldout_dates]
-    prompts, returns, factors = [], [], []
-    for date in dates:
-        for mirrored in (False, True):
-            visible = market.store.visible(date, ASSET, list(TREATED))
-            if mirrored:
-                visible["value"] = -visible["value"]
-            user = user_message(asset=ASSET, price=float(market.closes.loc[date]), factors=visible, news=[], memory=[])
-            if ask is not None:
-                user = user.rsplit("\n", 1)[0] + "\n" + ask.replace("{asset}", ASSET)
-            prompts.append(llm.chat_prompt(system_message(PERSONA), user))
-            returns.append(market.next_return(date, mirrored))
-            factors.append(visible.set_index("name")["value"])
+    states = [(date, mirrored) for date in dates for mirrored in (False, True)]
+    prompts = [market.prompt(date, TREATED, mirrored=mirrored, ask=ask) for date, mirrored in states]
+    returns = [market.next_return(date, mirrored) for date, mirrored in states]
+    factors = [market.factors(date, TREATED, mirrored).set_index("name")["value"] for date, mirrored in states]
     completions = llm.generate(prompts, [temperature] * len(prompts), belief_tokens=belief_tokens, seed=12345)
     decisions, returns = np.array([c.decision_depth for c in completions]), np.array(returns)
-    result = {"corr_return": _corr(decisions, returns), "mean_decision": float(decisions.mean()), "beliefs": [f"{c.belief} => {c.decision_depth:+.1f}" for c in completions[:6]]}
+    result = {"corr_return": corr(decisions, returns), "mean_decision": float(decisions.mean()), "beliefs": [f"{c.belief} => {c.decision_depth:+.1f}" for c in completions[:6]]}
     for name in (SIGNAL_FACTOR, NOISE_FACTOR):
         values = np.array([float(f[name]) for f in factors])
         quoted = np.array([name.split("_")[0] in c.belief.lower() for c in completions])
-        result[name] = {"corr": _corr(decisions, values), "quoted_share": float(quoted.mean()),
-                        "corr_when_quoted": _corr(decisions[quoted], values[quoted]) if quoted.sum() > 5 else None}
+        result[name] = {"corr": corr(decisions, values), "quoted_share": float(quoted.mean()),
+                        "corr_when_quoted": corr(decisions[quoted], values[quoted]) if quoted.sum() > 5 else None}
     return result
-
-
-def _corr(left: np.ndarray, right: np.ndarray) -> float:
-    return float(np.corrcoef(left, right)[0, 1]) if left.std() > 0 and right.std() > 0 else 0.0
 
 
 def main() -> None:

@@ -30,6 +30,16 @@ def test_a_mirrored_state_negates_every_factor_and_the_next_return():
     assert original.splitlines()[0] == mirrored.splitlines()[0]  # the price line is left as it is
 
 
+def test_ask_replaces_only_the_closing_instruction():
+    market = MarketPrompts(EchoChat(), seed=0, signal={"fundamental": 0.6}, n_days=30)
+    date = market.dates[5]
+    plain = market.prompt(date, ("fundamental",), mirrored=True)
+    asked = market.prompt(date, ("fundamental",), mirrored=True, ask="Name the factor behind {asset}'s move.")
+    assert asked.splitlines()[:-1] == plain.splitlines()[:-1]
+    assert asked.splitlines()[-1] == "Name the factor behind SYN0's move." != plain.splitlines()[-1]
+    assert factor_values(asked) == list(market.factors(date, ("fundamental",), mirrored=True)["value"].round(2))
+
+
 def test_the_benchmark_pays_the_scenario_reward_with_the_variance_known_that_day():
     from benchmarks.learning import Settings
     from training.rewards import VARIANCE_WINDOW

@@ -230,7 +230,7 @@ class LossTerms:
     kl: float                 # mean k3 per trainable token
 
 
-def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, base_logprobs: torch.Tensor, batch: CompletionBatch, kl_coef: float, clip_epsilon: float, decision_weight: float = 1.0) -> LossTerms:
+def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, base_logprobs: torch.Tensor, batch: CompletionBatch, kl_coef: float, clip_epsilon: float, decision_weight: float) -> LossTerms:
     """The clipped surrogate plus the k3 KL penalty, a weighted mean over the trainable tokens
     (belief tokens weigh 1, decision-number tokens `decision_weight`); `kl` is unweighted."""
     mask = batch.trainable.float()
@@ -273,7 +273,7 @@ def update_adapter(
     epochs: int,
     micro_batch: int,
     generator: torch.Generator,
-    decision_weight: float = 1.0,
+    decision_weight: float,
 ) -> UpdateStats:
     """Train the active adapter (whose tensors are `parameters`) on `groups` of completions.
 
