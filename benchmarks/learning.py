@@ -84,6 +84,11 @@ class Settings:
     # (benchmarks/results/learning-balanced-training.json), so the default trains on the market
     # as the simulation would see it.
     balanced_training: bool = False
+    # Also evaluate on the train dates (--insample), before and after: a gain there and none held
+    # out means the adapter fitted the train dates, not the signal. Training never sees a train
+    # date mirrored, so a gain on the dates as trained that the mirrors do not share is fitted to
+    # what the mirror keeps (the price level), not to the factors.
+    insample: bool = False
     kl_examples: int = 8                # held-out completions per agent scored for belief KL
     temperature: float = 1.0            # the agents' sampling temperature, in training and evaluation
     belief_tokens: int = 16
@@ -252,12 +257,16 @@ def run(settings: Settings, keep_adapters: Path | None = None) -> dict:
                           belief_tokens=settings.belief_tokens, max_prompt_tokens=768, batch_size=32)
         trainer.attach()
         before = evaluate(llm, trainer, agents, markets, heldout_dates, settings, measure_kl=False)
+        insample = {"before": evaluate(llm, trainer, agents, markets, train_dates, settings, measure_kl=False)} if settings.insample else {}
         print(f"evaluated before training ({time.perf_counter() - started:.0f} s)", flush=True)
         log = train(llm, trainer, agents, markets, train_dates, settings)
         after = evaluate(llm, trainer, agents, markets, heldout_dates, settings, measure_kl=True)
+        if settings.insample:
+            insample["after"] = evaluate(llm, trainer, agents, markets, train_dates, settings, measure_kl=False)
     result = {
         "settings": _settings_dict(settings), "seconds": round(time.perf_counter() - started, 1),
-        "agents": [{**asdict(agent), "before": before[agent.agent_id], "after": after[agent.agent_id]} for agent in agents],
+        "agents": [{**asdict(agent), "before": before[agent.agent_id], "after": after[agent.agent_id],
+                    **{f"insample_{label}": table[agent.agent_id] for label, table in insample.items()}} for agent in agents],
         "summary": summarise(agents, before, after), "training_log": log,
     }
     return result
@@ -290,6 +299,11 @@ def report(result: dict) -> str:
                      f"{b['corr']:>+11.3f} {a['corr']:>+7.3f} {b['mean_decision']:>+6.2f}/{a['mean_decision']:>+6.2f} "
                      f"{a['belief_kl']:>9.3f} {b['belief_text_share']:>6.2f} / {a['belief_text_share']:.2f} "
                      f"{b['mean_reward_unmirrored']:>+10.4f}/{a['mean_reward_unmirrored']:>+8.4f}")
+    for agent in result["agents"]:
+        if "insample_after" in agent:
+            b, a = agent["insample_before"], agent["insample_after"]
+            lines.append(f"{agent['seed']:>4} {agent['arm']:8} on the train dates: reward {b['mean_reward']:+.4f} -> {a['mean_reward']:+.4f}, corr {b['corr']:+.3f} -> {a['corr']:+.3f}, "
+                         f"on the dates as trained (unmirrored) {b['corr_unmirrored']:+.3f} -> {a['corr_unmirrored']:+.3f}")
     returns = {agent["seed"]: agent["before"]["heldout_mean_return"] for agent in result["agents"]}
     lines.append("held-out mean daily return per seed (original dates): " + ", ".join(f"{seed}: {value * 100:+.3f} %" for seed, value in returns.items()))
     lines.append("")
@@ -328,10 +342,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", help="market seeds (default 0 1 2)")
     parser.add_argument("--model", help="model path as in a scenario's [model] path (default: packaged SmolLM2-135M)")
     parser.add_argument("--iterations", type=int, help="training phases")
+    parser.add_argument("--states", type=int, help="train dates each agent decides on per phase (default 8)")
     parser.add_argument("--temperature", type=float, help="agents' sampling temperature")
     parser.add_argument("--eval-samples", type=int, help="completions per held-out date and agent (default 1; more shrinks the evaluation noise)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a [training] key (JSON value), e.g. learning_rate=1e-4")
     parser.add_argument("--unbalanced", action="store_true", help="evaluate the held-out dates only as they are, without their mirrors")
+    parser.add_argument("--insample", action="store_true", help="also evaluate on the train dates, before and after (does training fit them but not the held-out dates?)")
     parser.add_argument("--balanced-training", action="store_true", help="train on states/2 dates per phase and their mirrors (only timing pays)")
     parser.add_argument("--keep-adapters", type=Path, metavar="DIR", help="save the trained adapters there (default: a temporary folder)")
     parser.add_argument("--out", type=Path, help="JSON file (default benchmarks/results/learning[_quick].json)")
@@ -343,12 +359,16 @@ def main() -> None:
         settings = replace(settings, model=args.model)
     if args.iterations:
         settings = replace(settings, iterations=args.iterations)
+    if args.states:
+        settings = replace(settings, states=args.states)
     if args.eval_samples:
         settings = replace(settings, eval_samples=args.eval_samples)
     if args.temperature is not None:
         settings = replace(settings, temperature=args.temperature)
     if args.unbalanced:
         settings = replace(settings, balanced=False)
+    if args.insample:
+        settings = replace(settings, insample=True)
     if args.balanced_training:
         settings = replace(settings, balanced_training=True)
     if args.set:

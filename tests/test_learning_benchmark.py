@@ -3,9 +3,12 @@ on, and the pay must be the scenario reward with the variance known that day."""
 
 from __future__ import annotations
 
+import statistics
+from dataclasses import replace
+
 import pytest
 
-from benchmarks.learning import MarketPrompts
+from benchmarks.learning import QUICK, MarketPrompts, report, run
 
 
 class EchoChat:
@@ -72,3 +75,15 @@ def test_balanced_training_states_pair_each_date_with_its_mirror():
     assert len({date for date, _ in plain}) == 8 and not any(mirrored for _, mirrored in plain)
     with pytest.raises(ValueError, match="even number of states"):
         training_states(market.dates, Settings(states=7, balanced_training=True), np.random.default_rng(0))
+
+
+def test_insample_evaluation_scores_the_train_dates_before_and_after_training(tiny_model_dir):
+    settings = replace(QUICK, model=str(tiny_model_dir), insample=True, kl_examples=2, train_dates=12, heldout_dates=6, iterations=1, states=2)
+    result = run(settings)
+    market = MarketPrompts(EchoChat(), seed=0, signal={"fundamental": settings.signal}, n_days=settings.train_dates + settings.heldout_dates + 2)
+    train_mean = statistics.fmean(market.next_return(date) for date in market.dates[: settings.train_dates])
+    for agent in result["agents"]:
+        assert agent["insample_before"]["heldout_mean_return"] == pytest.approx(train_mean)  # the mean return of the dates scored
+        assert agent["insample_after"]["heldout_mean_return"] == pytest.approx(train_mean)
+        assert agent["before"]["heldout_mean_return"] != pytest.approx(train_mean)
+    assert report(result).count("on the train dates") == len(result["agents"])

@@ -187,6 +187,25 @@ def test_restore_brings_back_a_saved_phase_and_phase_zero_is_fresh(tiny_model_di
     assert same(state(trainer, 0), fresh)
 
 
+def test_carried_optimizer_state_is_saved_and_a_restored_run_goes_on_exactly(tiny_model_dir, tmp_path):
+    carried = make_trainer(tiny_model_dir, tmp_path / "carried", carry_optimizer=True)
+    carried.run_phase(1, 9, {0: decide(carried, 0, 8, seed=1)}, seed=5)
+    assert (tmp_path / "carried" / "phase_1" / "agent_0" / "optimizer.pt").is_file()
+    assert not (tmp_path / "carried" / "phase_1" / "agent_1" / "optimizer.pt").exists()  # never updated: nothing to carry
+    second = decide(carried, 0, 8, seed=2)
+    carried.run_phase(2, 19, {0: second}, seed=6)
+    # a new process: the adapter and the moments come back from phase 1's folder
+    resumed = make_trainer(tiny_model_dir, tmp_path / "carried", carry_optimizer=True)
+    resumed.restore(1)
+    resumed.run_phase(2, 19, {0: second}, seed=6)
+    assert same(state(resumed, 0), state(carried, 0))
+    # the moments matter: the same phase 2 with a fresh optimizer ends elsewhere
+    fresh = make_trainer(tiny_model_dir, tmp_path / "carried")
+    fresh.restore(1)
+    fresh.run_phase(2, 19, {0: second}, seed=6)
+    assert not same(state(fresh, 0), state(carried, 0))
+
+
 def test_scoring_replays_the_decoding_that_generated_the_tokens(tiny_model_dir, tmp_path):
     trainer = make_trainer(tiny_model_dir, tmp_path)
     samples = decide(trainer, 0, 4, seed=1, temperature=0.0)  # greedy: each token is the argmax

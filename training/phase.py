@@ -24,7 +24,10 @@ differences are reinforced. The reward that is paid, stored and reported stays t
 A phase is deterministic given its starting adapters, its samples and `seed`: every random draw
 comes from generators seeded from `seed` and the agent id, inside a fork of the global RNG, which
 is left as it was. So a phase re-run after a crash (`restore(k - 1)`, then `run_phase(k, ...)`)
-writes the same adapters. The optimizer does not outlive a phase, for the same reason.
+writes the same adapters. The optimizer does not outlive a phase, for the same reason, unless
+`training.carry_optimizer` is on: then each agent's AdamW state after phase k is saved as
+`<adapter folder>/optimizer.pt` (the folder stays a loadable PEFT adapter) and `restore(k)` loads
+it too, so the re-run is still identical.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ from training.belief_quality import belief_text_share
 from training.rewards import reward
 from training.rl import Scored, leave_one_out_advantages, update_adapter
 from training.samples import Sample, most_recent
+
+OPTIMIZER_STATE = "optimizer.pt"
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,7 @@ class Trainer:
         self.llm, self.config, self.adapter_dir = llm, config, Path(adapter_dir)
         self.agent_ids = list(agent_ids)
         self.belief_tokens, self.max_prompt_tokens, self.batch_size = belief_tokens, max_prompt_tokens, batch_size
+        self.optimizer_states: dict[int, dict] = {}  # per agent, with carry_optimizer: AdamW state after the last update
 
     @staticmethod
     def adapter_name(agent_id: int) -> str:
@@ -89,12 +95,17 @@ class Trainer:
         return self.adapter_dir / f"phase_{phase}" / f"agent_{agent_id}"
 
     def restore(self, phase: int) -> None:
-        """Every agent's adapter as saved after phase `phase`; phase 0 = fresh adapters."""
+        """Every agent's adapter (and, with carry_optimizer, optimizer state) as saved after phase
+        `phase`; phase 0 = fresh adapters."""
+        self.optimizer_states.clear()
         for agent_id in self.agent_ids:
             if phase == 0:
                 adapters.reset(self.llm.model, agent_id)
-            else:
-                adapters.load_adapter(self.llm.model, self.adapter_name(agent_id), self.adapter_path(phase, agent_id))
+                continue
+            folder = self.adapter_path(phase, agent_id)
+            adapters.load_adapter(self.llm.model, self.adapter_name(agent_id), folder)
+            if self.config.carry_optimizer and (folder / OPTIMIZER_STATE).is_file():
+                self.optimizer_states[agent_id] = torch.load(folder / OPTIMIZER_STATE, map_location="cpu", weights_only=True)  # AdamW moves the moments to the parameters
 
     def run_phase(self, phase: int, step: int, samples: dict[int, list[Sample]], seed: int, on_agent_done: Callable[[PhaseRow], None] | None = None) -> list[PhaseRow]:
         """Train, save and report every agent; see the module docstring."""
@@ -173,9 +184,13 @@ class Trainer:
                 slot=self.llm.slot, belief_tokens=self.belief_tokens, pad_id=self.llm.tokenizer.pad_token_id, device=self.llm.device,
                 learning_rate=config.learning_rate, kl_coef=config.kl_coef, clip_epsilon=config.clip_epsilon,
                 grad_clip=config.grad_clip, epochs=config.epochs, micro_batch=config.micro_batch, generator=generator,
-                decision_weight=config.decision_weight,
+                decision_weight=config.decision_weight, optimizer_state=self.optimizer_states.get(agent_id),
             )
+            if config.carry_optimizer:
+                self.optimizer_states[agent_id] = stats.optimizer_state
         path = adapters.save_adapter(model, name, self.adapter_path(phase, agent_id))
+        if agent_id in self.optimizer_states:  # an agent never updated has no state to carry
+            torch.save(self.optimizer_states[agent_id], path / OPTIMIZER_STATE)
         paid = [sample.reward for sample in agent_samples]
         return PhaseRow(
             phase=phase, step=step, agent_id=agent_id, samples=len(agent_samples),

@@ -40,8 +40,13 @@ Probabilities are those of the decoding that produced the tokens: the agent's
 temperature (1 for greedy agents) and the decision slot's constraints (only number-prefix tokens
 inside the number, no end-of-sequence inside the belief), so the gradient is the gradient of the
 distribution that was actually sampled. Gradients are clipped to `grad_clip` per optimizer step;
-one AdamW step per micro-batch. The optimizer is fresh in every phase, so a phase depends only
-on its starting adapter, its samples and its seed (a phase re-run after a crash is identical).
+one AdamW step per micro-batch. By default the optimizer is fresh in every phase, so a phase
+depends only on its starting adapter, its samples and its seed (a phase re-run after a crash is
+identical). A fresh AdamW's first steps move every parameter by about the learning rate whatever
+its gradient's size (m / sqrt(v) is +-1 at step one), so with small micro-batches, whose gradients
+are mostly noise, each phase opens with a burst of noise-sized steps. `training.carry_optimizer`
+passes the moments on from phase to phase instead (`optimizer_state` in, `UpdateStats.optimizer_state`
+out; training/phase.py saves them beside the adapter, so resume stays exact).
 
 **Cost.** On a CPU the forward/backward passes are the whole cost, so: the LM head runs only on
 completion positions (49k-152k vocabulary columns over a 150-token prompt would dominate); the
@@ -255,6 +260,7 @@ class UpdateStats:
     belief_kl: float | None  # k3 per belief token, in the last epoch
     grad_norm: float        # before clipping
     steps: int
+    optimizer_state: dict   # the AdamW state after the update (to pass on with carry_optimizer)
 
 
 def update_adapter(
@@ -274,13 +280,14 @@ def update_adapter(
     micro_batch: int,
     generator: torch.Generator,
     decision_weight: float,
+    optimizer_state: dict | None = None,
 ) -> UpdateStats:
     """Train the active adapter (whose tensors are `parameters`) on `groups` of completions.
 
     Whole groups, in a seeded shuffle, are packed into micro-batches of at most `micro_batch`
     completions (a larger group gets one to itself), so a group's members share their prompt
     pass. The micro-batches are fixed once and visited in a fresh seeded order in every epoch;
-    one AdamW step per micro-batch.
+    one AdamW step per micro-batch, from `optimizer_state` (a previous update's) or fresh.
     """
     vocab_size = model.config.vocab_size
     chunks: list[list[Scored]] = []
@@ -299,6 +306,10 @@ def update_adapter(
             base_logprobs.append(token_logprobs(completion_logits(model, batch), batch))
     old_logprobs: list[torch.Tensor | None] = [None] * len(chunks)
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.0)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)  # the moments and step count; the rate stays this call's
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate
     losses, kls, norms, belief_kls = [], [], [], []
     model.train()
     try:
@@ -324,7 +335,7 @@ def update_adapter(
     return UpdateStats(
         loss=sum(losses) / len(losses), kl=sum(kls) / len(kls),
         belief_kl=sum(kept) / len(kept) if kept else None,
-        grad_norm=sum(norms) / len(norms), steps=len(losses),
+        grad_norm=sum(norms) / len(norms), steps=len(losses), optimizer_state=optimizer.state_dict(),
     )
 
 
