@@ -343,6 +343,7 @@ def main() -> None:
     parser.add_argument("--model", help="model path as in a scenario's [model] path (default: packaged SmolLM2-135M)")
     parser.add_argument("--iterations", type=int, help="training phases")
     parser.add_argument("--states", type=int, help="train dates each agent decides on per phase (default 8)")
+    parser.add_argument("--signal", type=float, help="corr(fundamental latent at t, return t -> t+1) (default 0.6)")
     parser.add_argument("--temperature", type=float, help="agents' sampling temperature")
     parser.add_argument("--eval-samples", type=int, help="completions per held-out date and agent (default 1; more shrinks the evaluation noise)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a [training] key (JSON value), e.g. learning_rate=1e-4")
@@ -361,6 +362,8 @@ def main() -> None:
         settings = replace(settings, iterations=args.iterations)
     if args.states:
         settings = replace(settings, states=args.states)
+    if args.signal is not None:
+        settings = replace(settings, signal=args.signal)
     if args.eval_samples:
         settings = replace(settings, eval_samples=args.eval_samples)
     if args.temperature is not None:

@@ -7,8 +7,14 @@ def test_every_accepted_spelling_is_a_number_in_range():
     for spelling in COMPLETE_NUMBERS:
         assert -10.0 <= float(spelling) <= 10.0
     assert "10.5" not in COMPLETE_NUMBERS and "11" not in COMPLETE_NUMBERS and "1.25" not in COMPLETE_NUMBERS
-    assert {"-10", "10", "0", "7.5", "-0.3", "+4"} <= COMPLETE_NUMBERS
-    assert "1" in NUMBER_PREFIXES and "-" in NUMBER_PREFIXES and "10." in NUMBER_PREFIXES and "10.1" not in NUMBER_PREFIXES
+    assert {"-10", "+10", "+0", "-0.3", "+7.5", "+4"} <= COMPLETE_NUMBERS
+    assert "+10." in NUMBER_PREFIXES and "-" in NUMBER_PREFIXES and "+" in NUMBER_PREFIXES and "+10.1" not in NUMBER_PREFIXES
+
+
+def test_the_sign_is_required_so_a_short_is_as_reachable_as_a_long():
+    assert all(spelling[0] in "+-" for spelling in COMPLETE_NUMBERS)
+    assert not {"7.5", "10", "0"} & COMPLETE_NUMBERS
+    assert {prefix[:1] for prefix in NUMBER_PREFIXES if prefix} == {"+", "-"}
 
 
 @pytest.mark.parametrize("completion, value, reason", [
@@ -37,6 +43,7 @@ def test_every_generated_decision_is_valid_even_from_random_weights(tiny_llm):
         assert completion.fallback_reason is None
         assert -10.0 <= completion.decision_depth <= 10.0
         assert "Decision: " in completion.completion
+        assert completion.completion.rsplit("Decision: ", 1)[1][:1] in ("+", "-")  # the sign is always written
         # the forced marker tokens are exactly the untrainable ones
         forced = [t for t, trainable in zip(completion.completion_ids, completion.trainable) if not trainable]
         assert tiny_llm.tokenizer.decode(forced).strip() == "Decision:"

@@ -87,3 +87,16 @@ def test_insample_evaluation_scores_the_train_dates_before_and_after_training(ti
         assert agent["insample_after"]["heldout_mean_return"] == pytest.approx(train_mean)
         assert agent["before"]["heldout_mean_return"] != pytest.approx(train_mean)
     assert report(result).count("on the train dates") == len(result["agents"])
+
+
+def test_sign_probe_labels_follow_the_planted_factor_and_flip_with_the_mirror():
+    from benchmarks.sign_probe import SIGNAL_FACTOR, label
+
+    market = MarketPrompts(EchoChat(), seed=0, signal={"fundamental": 0.6}, n_days=40)
+    labels = []
+    for date in market.dates[:20]:
+        value = float(market.factors(date, ("fundamental",)).set_index("name")["value"][SIGNAL_FACTOR])
+        labels.append(label(market, date))
+        assert labels[-1] == ("+5" if value > 0 else "-5")
+        assert label(market, date, mirrored=True) == ("-5" if value > 0 else "+5")
+    assert set(labels) == {"+5", "-5"}
