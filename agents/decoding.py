@@ -14,10 +14,10 @@ sequence:
    a complete number. The number is sampled from the model's own distribution over what is
    allowed, at the agent's temperature, so the decision stays a stochastic policy that RL can
    shape. The sign is always written, so a short is one token away, as a long is: with the sign
-   optional SmolLM2-135M began every number with a digit and never went short (0 of 120 decisions
+   optional SmolLM2-135M began every number with a digit and never went short (0 of 96 decisions
    on the learning benchmark's seed-3 train dates), which left half the action space out of the
    policy's reach; a policy gradient cannot raise a probability that is never sampled. With the
-   sign required, 10 % of the same decisions are short.
+   sign required, 10 % of its decisions on seeds 3 and 4's train dates are short.
 4. DONE — end-of-sequence only.
 
 Every decision is therefore a valid number in range by construction. `parse_decision` still

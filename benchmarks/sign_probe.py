@@ -35,10 +35,13 @@ SIGNAL_FACTOR = "value_score"
 AGENT = 0
 
 
+def factor_value(market: MarketPrompts, date: pd.Timestamp, mirrored: bool = False) -> float:
+    return float(market.factors(date, TREATED, mirrored).set_index("name")["value"][SIGNAL_FACTOR])
+
+
 def label(market: MarketPrompts, date: pd.Timestamp, mirrored: bool = False) -> str:
     """The supervised decision: +5 when the planted factor is positive, -5 otherwise."""
-    value = float(market.factors(date, TREATED, mirrored).set_index("name")["value"][SIGNAL_FACTOR])
-    return "+5" if value > 0 else "-5"
+    return "+5" if factor_value(market, date, mirrored) > 0 else "-5"
 
 
 def examples(llm: LLM, market: MarketPrompts, states: list[tuple[pd.Timestamp, bool]], belief_tokens: int, seed: int) -> list[tuple[float, int, Scored]]:
@@ -51,7 +54,7 @@ def examples(llm: LLM, market: MarketPrompts, states: list[tuple[pd.Timestamp, b
     for (date, mirrored), completion in zip(states, completions):
         start = max(i for i, trainable in enumerate(completion.trainable) if not trainable) + 1  # after the marker
         number = llm.tokenizer.encode(label(market, date, mirrored), add_special_tokens=False) + [llm.slot.stop_ids[0]]
-        value = float(market.factors(date, TREATED, mirrored).set_index("name")["value"][SIGNAL_FACTOR])
+        value = factor_value(market, date, mirrored)
         item = Scored(completion.prompt_ids, completion.completion_ids[:start] + number, completion.trainable[:start] + [True] * len(number), 1.0)
         rows.append((value, start, item))
     return rows

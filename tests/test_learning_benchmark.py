@@ -3,6 +3,7 @@ on, and the pay must be the scenario reward with the variance known that day."""
 
 from __future__ import annotations
 
+import re
 import statistics
 from dataclasses import replace
 
@@ -95,7 +96,8 @@ def test_sign_probe_labels_follow_the_planted_factor_and_flip_with_the_mirror():
     market = MarketPrompts(EchoChat(), seed=0, signal={"fundamental": 0.6}, n_days=40)
     labels = []
     for date in market.dates[:20]:
-        value = float(market.factors(date, ("fundamental",)).set_index("name")["value"][SIGNAL_FACTOR])
+        prompt = market.prompt(date, ("fundamental",))
+        value = float(re.search(rf"{SIGNAL_FACTOR}=([+-][0-9.]*[0-9])", prompt).group(1))  # as the agent reads it
         labels.append(label(market, date))
         assert labels[-1] == ("+5" if value > 0 else "-5")
         assert label(market, date, mirrored=True) == ("-5" if value > 0 else "+5")
