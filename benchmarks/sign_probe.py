@@ -28,6 +28,7 @@ import torch
 
 from agents.llm import LLM
 from benchmarks.learning import TREATED, MarketPrompts, Settings, corr
+from training.adapters import adapter_parameters
 from training.phase import Trainer
 from training.rl import Scored, build_batch, completion_logits, token_logprobs
 
@@ -39,9 +40,9 @@ def factor_value(market: MarketPrompts, date: pd.Timestamp, mirrored: bool = Fal
     return float(market.factors(date, TREATED, mirrored).set_index("name")["value"][SIGNAL_FACTOR])
 
 
-def label(market: MarketPrompts, date: pd.Timestamp, mirrored: bool = False) -> str:
-    """The supervised decision: +5 when the planted factor is positive, -5 otherwise."""
-    return "+5" if factor_value(market, date, mirrored) > 0 else "-5"
+def label(value: float) -> str:
+    """The supervised decision for a planted-factor value: +5 when it is positive, -5 otherwise."""
+    return "+5" if value > 0 else "-5"
 
 
 def examples(llm: LLM, market: MarketPrompts, states: list[tuple[pd.Timestamp, bool]], belief_tokens: int, seed: int) -> list[tuple[float, int, Scored]]:
@@ -53,8 +54,8 @@ def examples(llm: LLM, market: MarketPrompts, states: list[tuple[pd.Timestamp, b
     rows = []
     for (date, mirrored), completion in zip(states, completions):
         start = max(i for i, trainable in enumerate(completion.trainable) if not trainable) + 1  # after the marker
-        number = llm.tokenizer.encode(label(market, date, mirrored), add_special_tokens=False) + [llm.slot.stop_ids[0]]
         value = factor_value(market, date, mirrored)
+        number = llm.tokenizer.encode(label(value), add_special_tokens=False) + [llm.slot.stop_ids[0]]
         item = Scored(completion.prompt_ids, completion.completion_ids[:start] + number, completion.trainable[:start] + [True] * len(number), 1.0)
         rows.append((value, start, item))
     return rows
@@ -89,7 +90,7 @@ def probe(*, model: str, seed: int, steps: int, every: int = 20) -> list[dict]:
     trainer.attach()
     train_rows = examples(llm, market, train, settings.belief_tokens, seed=7)
     held_rows = examples(llm, market, held, settings.belief_tokens, seed=8)
-    parameters = [parameter for parameter in llm.model.parameters() if parameter.requires_grad]
+    parameters = adapter_parameters(llm.model, Trainer.adapter_name(AGENT))
     optimizer = torch.optim.AdamW(parameters, lr=settings.training.learning_rate, weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)
     started, step, history = time.perf_counter(), 0, []

@@ -91,14 +91,15 @@ def test_insample_evaluation_scores_the_train_dates_before_and_after_training(ti
 
 
 def test_sign_probe_labels_follow_the_planted_factor_and_flip_with_the_mirror():
-    from benchmarks.sign_probe import SIGNAL_FACTOR, label
+    from benchmarks.sign_probe import SIGNAL_FACTOR, factor_value, label
 
     market = MarketPrompts(EchoChat(), seed=0, signal={"fundamental": 0.6}, n_days=40)
     labels = []
     for date in market.dates[:20]:
         prompt = market.prompt(date, ("fundamental",))
         value = float(re.search(rf"{SIGNAL_FACTOR}=([+-][0-9.]*[0-9])", prompt).group(1))  # as the agent reads it
-        labels.append(label(market, date))
+        assert factor_value(market, date) == pytest.approx(value, abs=0.005)  # the value the prompt shows, unrounded
+        labels.append(label(factor_value(market, date)))
         assert labels[-1] == ("+5" if value > 0 else "-5")
-        assert label(market, date, mirrored=True) == ("-5" if value > 0 else "+5")
+        assert label(factor_value(market, date, mirrored=True)) == ("-5" if value > 0 else "+5")
     assert set(labels) == {"+5", "-5"}
