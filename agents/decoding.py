@@ -140,12 +140,13 @@ class SlotState:
 class DecisionSlotProcessor(LogitsProcessor):
     """Imposes belief -> `Decision: ` -> number on every row of a `generate` call.
 
-    `temperatures` has one entry per row of the batch.
+    `temperatures` has one entry per row of the batch. `phase=NUMBER` starts every row at the
+    number, for inputs that already end with a belief and the marker (`LLM.redecide`).
     """
 
-    def __init__(self, vocabulary: SlotVocabulary, prompt_length: int, belief_tokens: int, temperatures: list[float]):
+    def __init__(self, vocabulary: SlotVocabulary, prompt_length: int, belief_tokens: int, temperatures: list[float], phase: str = BELIEF):
         self.prompt_length = prompt_length
-        self.states = [SlotState(vocabulary, belief_tokens) for _ in temperatures]
+        self.states = [SlotState(vocabulary, belief_tokens, phase=phase) for _ in temperatures]
         self.stop_ids = torch.tensor(vocabulary.stop_ids)
         self.newline_ids = torch.tensor(sorted(vocabulary.newline_ids))
         self.temperatures = torch.tensor(temperatures, dtype=torch.float32).clamp_min(1e-6)[:, None]
@@ -194,6 +195,16 @@ class SlotTrace:
     belief_ids: list[int]
     number: str
     finished: bool             # reached a stop token after a number
+
+
+def number_start(vocabulary: SlotVocabulary, belief_tokens: int, completion_ids: list[int]) -> int:
+    """Index of a completion's first number token: what comes before it is the belief and the marker."""
+    state = SlotState(vocabulary, belief_tokens)
+    for index, token in enumerate(completion_ids):
+        if state.phase == NUMBER:
+            return index
+        state.advance(token)
+    return len(completion_ids)
 
 
 def trace_completion(vocabulary: SlotVocabulary, belief_tokens: int, generated: list[int]) -> SlotTrace:

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LogitsProcessorList
 
-from agents.decoding import DecisionSlotProcessor, SlotVocabulary, parse_decision, trace_completion, MARKER
+from agents.decoding import MAX_NUMBER_TOKENS, NUMBER, DecisionSlotProcessor, SlotVocabulary, number_start, parse_decision, trace_completion, MARKER
 from agents.device import resolve_device, resolve_dtype
 from simulation.errors import ModelPathError
 
@@ -50,7 +50,8 @@ class Completion:
     prompt: str
     prompt_ids: list[int]
     completion_ids: list[int]
-    trainable: list[bool]          # False for the forced `Decision: ` tokens
+    trainable: list[bool]          # tokens this completion chose: False for the forced `Decision: `
+                                   # (and, after `LLM.redecide`, for the belief it was given)
     completion: str
     belief: str
     decision_depth: float
@@ -207,27 +208,63 @@ class LLM:
         tokenizer = self.tokenizer
         tokenizer.truncation_side = "left"
         encoded = tokenizer(prompts, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_tokens, add_special_tokens=False).to(self.device)
-        prompt_length = encoded.input_ids.shape[1]
-        processor = DecisionSlotProcessor(self.slot, prompt_length, belief_tokens, list(temperatures))
+        processor = DecisionSlotProcessor(self.slot, encoded.input_ids.shape[1], belief_tokens, list(temperatures))
+        output, latency = self._sample(encoded.input_ids, encoded.attention_mask, processor, self.slot.max_new_tokens(belief_tokens), adapters, seed)
+        results = []
+        for row, prompt in enumerate(prompts):
+            prompt_ids = encoded.input_ids[row][encoded.attention_mask[row].bool()].tolist()
+            results.append(self._completion(prompt, prompt_ids, output[row].tolist(), [], belief_tokens, latency))
+        return results
+
+    def redecide(self, answers: list[Completion], temperatures: list[float], adapters: list[str] | None = None, *, belief_tokens: int = 32, batch_size: int = 32, seed: int = 0) -> list[Completion]:
+        """A fresh decision after each answer's own belief: the prompt, belief and marker are kept
+        and only the number is sampled again (row i on adapters[i] if given). In the result the
+        belief tokens are not `trainable`: this completion did not choose them.
+
+        Seeded per batch from `seed`, as `generate`.
+        """
+        results: list[Completion] = []
+        for start in range(0, len(answers), batch_size):
+            stop = start + batch_size
+            results += self._redecide_batch(answers[start:stop], temperatures[start:stop], adapters[start:stop] if adapters else None, belief_tokens, seed + start)
+        return results
+
+    @torch.no_grad()
+    def _redecide_batch(self, answers, temperatures, adapters, belief_tokens, seed) -> list[Completion]:
+        prefixes = [answer.completion_ids[:number_start(self.slot, belief_tokens, answer.completion_ids)] for answer in answers]
+        inputs = [answer.prompt_ids + prefix for answer, prefix in zip(answers, prefixes)]
+        width = max(len(ids) for ids in inputs)
+        input_ids = torch.full((len(inputs), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(inputs), width), dtype=torch.long)
+        for row, ids in enumerate(inputs):
+            input_ids[row, width - len(ids):] = torch.tensor(ids)
+            attention_mask[row, width - len(ids):] = 1
+        processor = DecisionSlotProcessor(self.slot, width, belief_tokens, list(temperatures), phase=NUMBER)
+        output, latency = self._sample(input_ids.to(self.device), attention_mask.to(self.device), processor, MAX_NUMBER_TOKENS + 1, adapters, seed)
+        return [self._completion(answer.prompt, answer.prompt_ids, prefix + output[row].tolist(), [False] * len(prefix), belief_tokens, latency)
+                for row, (answer, prefix) in enumerate(zip(answers, prefixes))]
+
+    def _sample(self, input_ids, attention_mask, processor, max_new_tokens, adapters, seed) -> tuple[torch.Tensor, float]:
+        """One seeded `generate` call under the slot: (output ids from the input's end, seconds per row)."""
         config = GenerationConfig(
-            do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-            max_new_tokens=self.slot.max_new_tokens(belief_tokens),
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=list(self.slot.stop_ids),
+            do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
+            pad_token_id=self.tokenizer.pad_token_id, eos_token_id=list(self.slot.stop_ids),
         )
         extra = {"adapter_names": adapters} if adapters is not None else {}
         torch.manual_seed(seed)
         started = time.perf_counter()
-        output = self.model.generate(**encoded, generation_config=config, logits_processor=LogitsProcessorList([processor]), **extra)
-        latency = (time.perf_counter() - started) / len(prompts)
-        results = []
-        for row, prompt in enumerate(prompts):
-            prompt_ids = encoded.input_ids[row][encoded.attention_mask[row].bool()].tolist()
-            trace = trace_completion(self.slot, belief_tokens, output[row, prompt_length:].tolist())
-            text = tokenizer.decode(trace.token_ids, skip_special_tokens=True)
-            belief = tokenizer.decode(trace.belief_ids, skip_special_tokens=True).strip()
-            decision, reason = parse_decision(text if trace.finished else text.removesuffix(MARKER))
-            results.append(Completion(prompt, prompt_ids, trace.token_ids, trace.trainable, text, belief, decision, reason, latency))
-        return results
+        output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config, logits_processor=LogitsProcessorList([processor]), **extra)
+        return output[:, input_ids.shape[1]:], (time.perf_counter() - started) / input_ids.shape[0]
+
+    def _completion(self, prompt: str, prompt_ids: list[int], generated: list[int], given: list[bool], belief_tokens: int, latency: float) -> Completion:
+        """The Completion of a belief-and-decision token stream (pads after the stop are dropped);
+        `given` marks its first tokens as not chosen by this completion."""
+        trace = trace_completion(self.slot, belief_tokens, generated)
+        trainable = given + trace.trainable[len(given):]
+        text = self.tokenizer.decode(trace.token_ids, skip_special_tokens=True)
+        belief = self.tokenizer.decode(trace.belief_ids, skip_special_tokens=True).strip()
+        decision, reason = parse_decision(text if trace.finished else text.removesuffix(MARKER))
+        return Completion(prompt, prompt_ids, trace.token_ids, trainable, text, belief, decision, reason, latency)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)

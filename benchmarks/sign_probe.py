@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from agents.decoding import number_start
 from agents.llm import LLM
 from benchmarks.learning import TREATED, MarketPrompts, Settings, corr
 from training.adapters import adapter_parameters
@@ -53,7 +54,7 @@ def examples(llm: LLM, market: MarketPrompts, states: list[tuple[pd.Timestamp, b
                                [name] * len(states), belief_tokens=belief_tokens, seed=seed)
     rows = []
     for (date, mirrored), completion in zip(states, completions):
-        start = max(i for i, trainable in enumerate(completion.trainable) if not trainable) + 1  # after the marker
+        start = number_start(llm.slot, belief_tokens, completion.completion_ids)  # after the marker
         value = factor_value(market, date, mirrored)
         number = llm.tokenizer.encode(label(value), add_special_tokens=False) + [llm.slot.stop_ids[0]]
         item = Scored(completion.prompt_ids, completion.completion_ids[:start] + number, completion.trainable[:start] + [True] * len(number), 1.0)

@@ -149,7 +149,14 @@ class TrainingConfig(Section):
     epochs: int = Field(1, ge=1, le=100, description="Passes over a phase's samples.")
     max_samples: int = Field(6, ge=0, le=100_000, description="Most recent samples per agent a phase learns from; 0 = all since the last phase.")
     group_size: int = Field(4, ge=2, le=64, description="Completions per past state (hindsight_grpo): the original plus group_size - 1 new ones.")
+    decision_samples: int = Field(1, ge=1, le=64, description="hindsight_grpo only: decisions sampled after each belief of a group (the belief held fixed). Above 1 a belief is credited with the mean reward of its decisions against the group's other beliefs, and a decision against the other decisions after the same belief; 1 = one advantage per completion. See training/rl.py.")
     micro_batch: int = Field(3, ge=1, le=1024, description="Sequences per forward/backward pass; one optimizer step each.")
+
+    @model_validator(mode="after")
+    def _decision_samples_need_groups(self) -> TrainingConfig:
+        if self.decision_samples > 1 and self.algorithm != "hindsight_grpo":
+            raise _KeyedValueError("training.decision_samples", f"decision_samples = {self.decision_samples} needs algorithm = 'hindsight_grpo'", "set training.algorithm = 'hindsight_grpo' or training.decision_samples = 1")
+        return self
 
 
 class AEDConfig(Section):

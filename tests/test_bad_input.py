@@ -46,6 +46,7 @@ SCENARIO_CASES = [
     ("dtype-unknown", f'[model]\ndtype = "int8"\n{GROUP}', {}, "model.dtype"),
     ("training-every-zero", f"[training]\nevery = 0\n{GROUP}", {}, "training.every"),
     ("training-algorithm-unknown", f'[training]\nalgorithm = "ppo2"\n{GROUP}', {}, "training.algorithm"),
+    ("decision-samples-without-groups", f'[training]\nalgorithm = "reinforce"\ndecision_samples = 4\n{GROUP}', {}, "training.decision_samples"),
     ("aed-probes-zero", f"[aed]\nprobes = 0\n{GROUP}", {}, "aed.probes"),
     ("no-agents", "[run]\nsteps = 3\n", {}, "agents"),
     ("empty-groups", "[agents]\ngroups = []\n", {}, "agents.groups"),

@@ -18,9 +18,16 @@ from training.phase import Trainer
 from training.rewards import reward
 from training.rl import build_batch, completion_logits, decoding_logits, leave_one_out_advantages, policy_loss, token_logprobs, Scored
 from training.samples import Sample, most_recent, sample_from_completion
+from agents.decoding import number_start
 
 BELIEF_TOKENS = 6
 AGENTS = [0, 1, 2]
+# The ways a phase forms its groups (training/rl.py): parametrised tests run each.
+ALGORITHMS = {
+    "reinforce": dict(algorithm="reinforce"),
+    "hindsight_grpo": dict(algorithm="hindsight_grpo"),
+    "nested": dict(algorithm="hindsight_grpo", group_size=2, decision_samples=3),
+}
 FAST = dict(learning_rate=1e-2, micro_batch=8, max_samples=0, target_modules=["q_proj", "v_proj", "gate_proj", "down_proj"])
 
 
@@ -93,9 +100,9 @@ def test_phase_raises_the_probability_of_the_better_paid_completions(tiny_model_
     assert float(change[advantages > 0].mean()) > float(change[advantages < 0].mean())
 
 
-@pytest.mark.parametrize("algorithm", ["reinforce", "hindsight_grpo"])
+@pytest.mark.parametrize("algorithm", list(ALGORITHMS))
 def test_phases_raise_the_held_out_reward_in_a_rising_market(tiny_model_dir, tmp_path, algorithm):
-    trainer = make_trainer(tiny_model_dir, tmp_path, algorithm=algorithm, epochs=2, kl_coef=0.0)
+    trainer = make_trainer(tiny_model_dir, tmp_path, **ALGORITHMS[algorithm], epochs=2, kl_coef=0.0)
     rising = lambda prompt: 0.01  # every day pays +1 %: the best policy buys at 10
 
     def held_out_reward() -> float:
@@ -107,9 +114,9 @@ def test_phases_raise_the_held_out_reward_in_a_rising_market(tiny_model_dir, tmp
     assert held_out_reward() > untrained + 0.007  # the mean decision rose by more than 0.7
 
 
-@pytest.mark.parametrize("algorithm", ["reinforce", "hindsight_grpo"])
+@pytest.mark.parametrize("algorithm", list(ALGORITHMS))
 def test_excess_return_leaves_a_uniform_trend_nothing_to_learn(tiny_model_dir, tmp_path, algorithm):
-    trainer = make_trainer(tiny_model_dir, tmp_path, algorithm=algorithm, excess_return=True)
+    trainer = make_trainer(tiny_model_dir, tmp_path, **ALGORITHMS[algorithm], excess_return=True)
     before = state(trainer, 0)
     rows = trainer.run_phase(1, 9, {0: decide(trainer, 0, 16, seed=1, returns=lambda prompt: 0.01)}, seed=5)
     assert rows[0].loss is None and same(state(trainer, 0), before)  # every day's excess return is 0
@@ -133,9 +140,9 @@ def test_excess_return_reinforces_the_days_that_beat_the_phase_mean(tiny_model_d
     assert buys and sells and float(sum(buys) / len(buys)) < float(sum(sells) / len(sells))
 
 
-@pytest.mark.parametrize("algorithm", ["reinforce", "hindsight_grpo"])
+@pytest.mark.parametrize("algorithm", list(ALGORITHMS))
 def test_phase_is_deterministic_given_its_seed(tiny_model_dir, tmp_path, algorithm):
-    trainer = make_trainer(tiny_model_dir, tmp_path, algorithm=algorithm, epochs=2, micro_batch=4)
+    trainer = make_trainer(tiny_model_dir, tmp_path, **ALGORITHMS[algorithm], epochs=2, micro_batch=4)
     samples = {0: decide(trainer, 0, 8, seed=1), 1: decide(trainer, 1, 8, seed=2)}
     rng_state = torch.get_rng_state()
     first = trainer.run_phase(1, 7, samples, seed=3)
@@ -147,9 +154,9 @@ def test_phase_is_deterministic_given_its_seed(tiny_model_dir, tmp_path, algorit
     assert torch.equal(torch.get_rng_state(), rng_state)  # the phase leaves the global RNG alone
 
 
-@pytest.mark.parametrize("algorithm", ["reinforce", "hindsight_grpo"])
+@pytest.mark.parametrize("algorithm", list(ALGORITHMS))
 def test_phase_without_samples_or_with_only_zero_rewards_leaves_adapters_unchanged(tiny_model_dir, tmp_path, algorithm):
-    trainer = make_trainer(tiny_model_dir, tmp_path, algorithm=algorithm)
+    trainer = make_trainer(tiny_model_dir, tmp_path, **ALGORITHMS[algorithm])
     trainer.run_phase(1, 9, {0: decide(trainer, 0, 8, seed=1)}, seed=5)  # a trained, non-zero adapter
     before = {agent_id: state(trainer, agent_id) for agent_id in AGENTS}
     flat = decide(trainer, 1, 8, seed=2, returns=lambda prompt: 0.0)
@@ -238,6 +245,35 @@ def test_decision_weight_sets_the_number_tokens_share_of_the_policy_gradient(tin
     weights = belief.sum() + decision_weight * number.sum()
     assert torch.allclose(per_advantage[belief], torch.full_like(per_advantage[belief], 1.0 / float(weights)))
     assert float(leaf.grad[~batch.trainable].abs().sum()) == 0.0
+
+
+def test_nested_groups_credit_a_belief_with_its_decisions_mean_and_a_decision_against_its_siblings(tiny_model_dir, tmp_path):
+    trainer = make_trainer(tiny_model_dir, tmp_path, **ALGORITHMS["nested"])
+    llm, samples = trainer.llm, decide(trainer, 0, 4, seed=1)
+    groups = trainer._groups({0: samples, 1: [], 2: []}, seed=5)[0]
+    assert [len(group) for group in groups] == [6] * 4  # G = 2 beliefs x M = 3 decisions per state
+
+    def depth(item: Scored) -> float:
+        return float(llm.tokenizer.decode(item.completion_ids[number_start(llm.slot, BELIEF_TOKENS, item.completion_ids):], skip_special_tokens=True))
+
+    for sample, group in zip(samples, groups):
+        assert group[0].completion_ids == sample.completion_ids  # the decision that was paid is a member
+        beliefs = [group[0:3], group[3:6]]
+        values = []
+        for head, *others in beliefs:
+            start = number_start(llm.slot, BELIEF_TOKENS, head.completion_ids)
+            assert head.belief_advantage is not None and any(head.trainable[:start])  # the belief learns once, from its head
+            for other in others:
+                assert other.belief_advantage is None and other.completion_ids[:start] == head.completion_ids[:start]
+                assert not any(other.trainable[:start]) and all(other.trainable[start:])
+            rewards = [sample.realised_return * depth(item) for item in (head, *others)]
+            assert [item.advantage for item in (head, *others)] == pytest.approx(leave_one_out_advantages(rewards, 100.0))
+            values.append(sum(rewards) / 3)
+        assert [beliefs[0][0].belief_advantage, beliefs[1][0].belief_advantage] == pytest.approx(leave_one_out_advantages(values, 100.0))
+    batch = build_batch(groups[0], llm.slot, BELIEF_TOKENS, llm.model.config.vocab_size, llm.tokenizer.pad_token_id, llm.device)
+    head = groups[0][0]
+    assert torch.all(batch.advantages[0][batch.belief[0]] == head.belief_advantage)
+    assert torch.all(batch.advantages[0][batch.valid[0] & ~batch.belief[0]] == head.advantage)
 
 
 def test_leave_one_out_advantages_sum_to_zero_and_need_a_peer():

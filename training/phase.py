@@ -7,7 +7,9 @@ phase. The phase:
 
 1. keeps each agent's `max_samples` most recent samples;
 2. for `hindsight_grpo`, samples the extra group members of every agent in one batched
-   `generate` call (each row on its own adapter) and scores them against the realised returns;
+   `generate` call (each row on its own adapter), with `decision_samples` > 1 also the extra
+   decisions after every member's belief in one batched `redecide` call, and scores them all
+   against the realised returns;
 3. trains the agents one after another (see training/rl.py), each on its own adapter only;
 4. saves every adapter, trained or not, to `<adapter_dir>/phase_<k>/agent_<id>/` (PEFT format)
    and reports one `PhaseRow` per agent, as soon as that agent is done.
@@ -35,7 +37,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +45,7 @@ import torch
 
 from agents.llm import LLM, Completion
 from simulation.config import TrainingConfig
+from simulation.seeding import child_seed
 from training import adapters
 from training.belief_quality import belief_text_share
 from training.rewards import reward
@@ -141,18 +144,49 @@ class Trainer:
         requests = [(agent_id, sample) for agent_id, agent_samples in chosen.items() for sample in agent_samples for _ in range(config.group_size - 1)]
         completions = iter(self.llm.generate(
             [sample.prompt for _, sample in requests],
-            [sample.temperature if sample.temperature > 0 else 1.0 for _, sample in requests],
+            [_sampling_temperature(sample) for _, sample in requests],
             [self.adapter_name(agent_id) for agent_id, _ in requests],
             belief_tokens=self.belief_tokens, max_prompt_tokens=self.max_prompt_tokens, batch_size=self.batch_size, seed=seed,
+        ) if requests else [])
+        members = {agent_id: [[sample] + [next(completions) for _ in range(config.group_size - 1)] for sample in agent_samples]
+                   for agent_id, agent_samples in chosen.items()}
+        if config.decision_samples > 1:
+            return self._nested_groups(members, chosen, benchmarks, seed)
+        groups = {}
+        for agent_id, agent_samples in chosen.items():
+            groups[agent_id] = []
+            for sample, group in zip(agent_samples, members[agent_id]):
+                rewards = [self._hindsight_reward(sample, member.decision_depth, benchmarks[agent_id]) for member in group]
+                advantages = leave_one_out_advantages(rewards, config.reward_scale)
+                groups[agent_id].append([_scored(member, sample.temperature, advantage) for member, advantage in zip(group, advantages)])
+        return groups
+
+    def _nested_groups(self, members: dict[int, list[list[Sample | Completion]]], chosen: dict[int, list[Sample]], benchmarks: dict[int, float], seed: int) -> dict[int, list[list[Scored]]]:
+        """`decision_samples` M > 1: every belief of a hindsight group also gets M - 1 fresh
+        decisions after it (one batched `redecide`), so a belief is credited with its value, the
+        mean reward of its M decisions, against the other beliefs of its group, and a decision with
+        its reward against the other decisions after the same belief (training/rl.py)."""
+        config, count = self.config, self.config.decision_samples
+        requests = [(agent_id, sample, member) for agent_id, agent_samples in chosen.items()
+                    for sample, group in zip(agent_samples, members[agent_id]) for member in group for _ in range(count - 1)]
+        redecided = iter(self.llm.redecide(
+            [member for _, _, member in requests], [_sampling_temperature(sample) for _, sample, _ in requests],
+            [self.adapter_name(agent_id) for agent_id, _, _ in requests],
+            belief_tokens=self.belief_tokens, batch_size=self.batch_size, seed=child_seed(seed, "redecide"),
         ) if requests else [])
         groups = {}
         for agent_id, agent_samples in chosen.items():
             groups[agent_id] = []
-            for sample in agent_samples:
-                members = [sample] + [next(completions) for _ in range(config.group_size - 1)]
-                rewards = [self._hindsight_reward(sample, member.decision_depth, benchmarks[agent_id]) for member in members]
-                advantages = leave_one_out_advantages(rewards, config.reward_scale)
-                groups[agent_id].append([_scored(member, sample.temperature, advantage) for member, advantage in zip(members, advantages)])
+            for sample, group in zip(agent_samples, members[agent_id]):
+                decisions = [[member] + [next(redecided) for _ in range(count - 1)] for member in group]
+                rewards = [[self._hindsight_reward(sample, answer.decision_depth, benchmarks[agent_id]) for answer in row] for row in decisions]
+                belief_advantages = leave_one_out_advantages([statistics.fmean(row) for row in rewards], config.reward_scale)
+                scored = []
+                for row, row_rewards, belief_advantage in zip(decisions, rewards, belief_advantages):
+                    advantages = leave_one_out_advantages(row_rewards, config.reward_scale)
+                    scored.append(replace(_scored(row[0], sample.temperature, advantages[0]), belief_advantage=belief_advantage))
+                    scored += [_scored(answer, sample.temperature, advantage) for answer, advantage in zip(row[1:], advantages[1:])]
+                groups[agent_id].append(scored)
         return groups
 
     def _benchmark_return(self, agent_samples: list[Sample]) -> float:
@@ -174,7 +208,7 @@ class Trainer:
         started = time.perf_counter()
         name, config, model = self.adapter_name(agent_id), self.config, self.llm.model
         stats = None
-        if any(item.advantage != 0.0 for group in groups for item in group):
+        if any(item.learns for group in groups for item in group):
             model.set_adapter(name)  # the only adapter that is active and has requires_grad
             agent_seed = _agent_seed(seed, agent_id)
             generator = torch.Generator().manual_seed(agent_seed)
@@ -206,6 +240,11 @@ class Trainer:
 
 def _agent_seed(seed: int, agent_id: int) -> int:
     return int(np.random.SeedSequence([seed, agent_id]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def _sampling_temperature(sample: Sample) -> float:
+    """Group members are sampled, also for a greedy agent (temperature 1 then)."""
+    return sample.temperature if sample.temperature > 0 else 1.0
 
 
 def _scored(answer: Sample | Completion, temperature: float, advantage: float) -> Scored:

@@ -21,6 +21,18 @@ with a 3 % return. Two ways to form the groups (`training.algorithm`):
   different would have moved the price by `impact * delta / (10 N)` more, which the hindsight
   reward ignores. With the base scenario's impact (0.002) and 9 agents, 10 points move the price
   by 0.02 %, against daily moves of ~1 %.
+- `hindsight_grpo` with `decision_samples` M > 1 (**nested groups**): each of the G beliefs also
+  gets M - 1 fresh decisions sampled after it, the belief held fixed (`LLM.redecide`). The two
+  parts of a completion are then credited separately. A decision's tokens get
+  `reward_scale * (R_ij - mean of the other decisions after the same belief)`: the belief, the day
+  and the return are shared, so only the decision explains the difference. A belief's tokens get
+  `reward_scale * (V_i - mean of the other beliefs' V)`, with `V_i` the mean reward of its M
+  decisions, an estimate of what the belief is worth that one lucky or unlucky number does not
+  decide. The belief's tokens are trained once, on its first member (`Scored.belief_advantage`);
+  in the other M - 1 they are context (not `trainable`). With M = 1 every token of a completion
+  shares one advantage, as above, and the number is a few tokens among the belief's many
+  (see token weights below), so the sign, the token the market pays for, gets a small and noisy
+  share of each step's gradient.
 
 **Loss**, per token of a completion the model chose itself (the forced `Decision: ` marker
 tokens are excluded), averaged over the micro-batch's tokens (token-level, as in DAPO):
@@ -76,13 +88,20 @@ BANNED_LOGIT = -1e9
 
 @dataclass(frozen=True)
 class Scored:
-    """One completion to learn from: its tokens, its decoding temperature and its advantage."""
+    """One completion to learn from: its tokens, its decoding temperature and its advantage
+    (`belief_advantage`, if given, replaces it on the belief tokens)."""
 
     prompt_ids: list[int]
     completion_ids: list[int]
     trainable: list[bool]
     temperature: float
     advantage: float = 0.0
+    belief_advantage: float | None = None
+
+    @property
+    def learns(self) -> bool:
+        """Whether any of its trainable tokens has a non-zero advantage."""
+        return self.advantage != 0.0 or bool(self.belief_advantage)
 
 
 def leave_one_out_advantages(rewards: list[float], scale: float) -> list[float]:
@@ -112,7 +131,7 @@ class CompletionBatch:
     belief: torch.Tensor           # [rows, width] bool: a belief token
     banned: torch.Tensor           # [rows, width, vocab] bool: excluded by the decision slot
     temperatures: torch.Tensor     # [rows, 1, 1]
-    advantages: torch.Tensor       # [rows, 1]
+    advantages: torch.Tensor       # [rows, width] per token
 
 
 def build_batch(items: list[Scored], slot: SlotVocabulary, belief_tokens: int, vocab_size: int, pad_id: int, device: torch.device, *, share_prompts: bool = True) -> CompletionBatch:
@@ -152,7 +171,10 @@ def build_batch(items: list[Scored], slot: SlotVocabulary, belief_tokens: int, v
             else:
                 banned[row, column, excluded] = True
     temperatures = torch.tensor([item.temperature if item.temperature > 0 else 1.0 for item in items]).view(rows, 1, 1)
-    advantages = torch.tensor([item.advantage for item in items]).view(rows, 1)
+    advantages = torch.tensor([item.advantage for item in items]).view(rows, 1).repeat(1, width)
+    for row, item in enumerate(items):
+        if item.belief_advantage is not None:
+            advantages[row, belief[row]] = item.belief_advantage
     tensors = (prompt_ids, prompt_mask, torch.tensor(prompt_index), targets, valid, trainable, belief, banned, temperatures, advantages)
     return CompletionBatch(*(tensor.to(device) for tensor in tensors))
 
