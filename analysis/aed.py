@@ -42,7 +42,7 @@ def belief_dispersion(embeddings: np.ndarray) -> float:
         return 0.0
     cosine = np.einsum("knd,kmd->knm", unit, unit)
     upper = np.triu_indices(n_agents, k=1)
-    return float((1.0 - cosine[:, upper[0], upper[1]]).mean())
+    return float(_cosine_distance(cosine[:, upper[0], upper[1]]).mean())
 
 
 def decision_drift(previous: np.ndarray, current: np.ndarray) -> np.ndarray:
@@ -54,7 +54,7 @@ def decision_drift(previous: np.ndarray, current: np.ndarray) -> np.ndarray:
 def belief_drift(previous: np.ndarray, current: np.ndarray) -> np.ndarray:
     """Per agent, the mean over probes of the cosine distance to its earlier belief: (N,)."""
     cosine = (_unit(previous) * _unit(current)).sum(axis=-1)  # (K, N)
-    return (1.0 - cosine).mean(axis=0)
+    return _cosine_distance(cosine).mean(axis=0)
 
 
 @dataclass(frozen=True)
@@ -139,6 +139,11 @@ def aed_rows(
             for agent in agents
         ],
     }
+
+
+def _cosine_distance(cosine: np.ndarray) -> np.ndarray:
+    """1 - cosine, kept in [0, 2]: identical beliefs can round to a cosine of 1 + 2e-16."""
+    return np.clip(1.0 - cosine, 0.0, 2.0)
 
 
 def _unit(embeddings: np.ndarray) -> np.ndarray:

@@ -25,6 +25,8 @@ few beliefs before/after. Prompts come from agents/prompts.py, as the simulation
 
     python -m benchmarks.learning            # full: 3 seeds (33-43 min on 2 CPU cores)
     python -m benchmarks.learning --quick    # a short smoke run (a few minutes)
+    python -m benchmarks.learning --seeds 3 4 5 --set decision_samples=4 --set group_size=2 --set excess_return=true
+                                             # nested groups (docs/training.md, session 9; ~80 min)
 """
 
 from __future__ import annotations

@@ -49,6 +49,18 @@ def test_belief_dispersion_is_zero_for_identical_and_one_for_orthogonal_beliefs(
     assert belief_dispersion(orthogonal) == pytest.approx(1.0)
 
 
+
+def test_identical_beliefs_never_give_a_negative_distance():
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(256, 384))
+    unit = vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)
+    rounded_up = vectors[(unit * unit).sum(axis=-1) > 1.0]  # a belief's cosine with itself is 1 + 2e-16
+    assert len(rounded_up) > 0
+    same = np.repeat(rounded_up[:, None, :], 3, axis=1)  # every probe: 3 agents with one belief
+    assert np.all(belief_drift(same, same) == 0.0)  # 1 - cosine would be -2e-16 for every agent
+    assert 0.0 <= belief_dispersion(same) < 1e-15
+
+
 def test_belief_dispersion_ignores_embedding_length():
     rng = np.random.default_rng(0)
     embeddings = rng.normal(size=(3, 4, 8))
