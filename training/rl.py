@@ -100,7 +100,7 @@ class Scored:
 
     @property
     def learns(self) -> bool:
-        """Whether any of its trainable tokens has a non-zero advantage."""
+        """Whether it carries any non-zero advantage (belief or decision); a phase with none skips the update."""
         return self.advantage != 0.0 or bool(self.belief_advantage)
 
 
