@@ -249,3 +249,15 @@ def parse_decision(completion: str) -> tuple[float, str | None]:
     if not DECISION_MIN <= value <= DECISION_MAX:
         return min(max(value, DECISION_MIN), DECISION_MAX), "out_of_range"
     return value, None
+
+
+def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id rows padded on the left to one width, as decoder-only generation and scoring want
+    them: (ids, attention mask), both [rows, width] long tensors."""
+    width = max(len(ids) for ids in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        ids[row, width - len(sequence):] = torch.tensor(sequence, dtype=torch.long)
+        mask[row, width - len(sequence):] = 1
+    return ids, mask

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LogitsProcessorList
 
-from agents.decoding import MAX_NUMBER_TOKENS, NUMBER, DecisionSlotProcessor, SlotVocabulary, number_start, parse_decision, trace_completion, MARKER
+from agents.decoding import MAX_NUMBER_TOKENS, NUMBER, DecisionSlotProcessor, SlotVocabulary, left_pad, number_start, parse_decision, trace_completion, MARKER
 from agents.device import resolve_device, resolve_dtype
 from simulation.errors import ModelPathError
 
@@ -233,13 +233,8 @@ class LLM:
     def _redecide_batch(self, answers, temperatures, adapters, belief_tokens, seed) -> list[Completion]:
         prefixes = [answer.completion_ids[:number_start(self.slot, belief_tokens, answer.completion_ids)] for answer in answers]
         inputs = [answer.prompt_ids + prefix for answer, prefix in zip(answers, prefixes)]
-        width = max(len(ids) for ids in inputs)
-        input_ids = torch.full((len(inputs), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(inputs), width), dtype=torch.long)
-        for row, ids in enumerate(inputs):
-            input_ids[row, width - len(ids):] = torch.tensor(ids)
-            attention_mask[row, width - len(ids):] = 1
-        processor = DecisionSlotProcessor(self.slot, width, belief_tokens, list(temperatures), phase=NUMBER)
+        input_ids, attention_mask = left_pad(inputs, self.tokenizer.pad_token_id)
+        processor = DecisionSlotProcessor(self.slot, input_ids.shape[1], belief_tokens, list(temperatures), phase=NUMBER)
         output, latency = self._sample(input_ids.to(self.device), attention_mask.to(self.device), processor, MAX_NUMBER_TOKENS + 1, adapters, seed)
         return [self._completion(answer.prompt, answer.prompt_ids, prefix + output[row].tolist(), [False] * len(prefix), belief_tokens, latency)
                 for row, (answer, prefix) in enumerate(zip(answers, prefixes))]

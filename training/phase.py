@@ -151,33 +151,35 @@ class Trainer:
         members = {agent_id: [[sample] + [next(completions) for _ in range(config.group_size - 1)] for sample in agent_samples]
                    for agent_id, agent_samples in chosen.items()}
         if config.decision_samples > 1:
-            return self._nested_groups(members, chosen, benchmarks, seed)
+            return self._nested_groups(members, benchmarks, seed)
         groups = {}
-        for agent_id, agent_samples in chosen.items():
+        for agent_id, agent_groups in members.items():
             groups[agent_id] = []
-            for sample, group in zip(agent_samples, members[agent_id]):
+            for group in agent_groups:
+                sample = group[0]
                 rewards = [self._hindsight_reward(sample, member.decision_depth, benchmarks[agent_id]) for member in group]
                 advantages = leave_one_out_advantages(rewards, config.reward_scale)
                 groups[agent_id].append([_scored(member, sample.temperature, advantage) for member, advantage in zip(group, advantages)])
         return groups
 
-    def _nested_groups(self, members: dict[int, list[list[Sample | Completion]]], chosen: dict[int, list[Sample]], benchmarks: dict[int, float], seed: int) -> dict[int, list[list[Scored]]]:
+    def _nested_groups(self, members: dict[int, list[list[Sample | Completion]]], benchmarks: dict[int, float], seed: int) -> dict[int, list[list[Scored]]]:
         """`decision_samples` M > 1: every belief of a hindsight group also gets M - 1 fresh
         decisions after it (one batched `redecide`), so a belief is credited with its value, the
         mean reward of its M decisions, against the other beliefs of its group, and a decision with
         its reward against the other decisions after the same belief (training/rl.py)."""
         config, count = self.config, self.config.decision_samples
-        requests = [(agent_id, sample, member) for agent_id, agent_samples in chosen.items()
-                    for sample, group in zip(agent_samples, members[agent_id]) for member in group for _ in range(count - 1)]
+        requests = [(agent_id, group[0], member) for agent_id, agent_groups in members.items()
+                    for group in agent_groups for member in group for _ in range(count - 1)]
         redecided = iter(self.llm.redecide(
             [member for _, _, member in requests], [_sampling_temperature(sample) for _, sample, _ in requests],
             [self.adapter_name(agent_id) for agent_id, _, _ in requests],
             belief_tokens=self.belief_tokens, batch_size=self.batch_size, seed=child_seed(seed, "redecide"),
         ) if requests else [])
         groups = {}
-        for agent_id, agent_samples in chosen.items():
+        for agent_id, agent_groups in members.items():
             groups[agent_id] = []
-            for sample, group in zip(agent_samples, members[agent_id]):
+            for group in agent_groups:
+                sample = group[0]
                 decisions = [[member] + [next(redecided) for _ in range(count - 1)] for member in group]
                 rewards = [[self._hindsight_reward(sample, answer.decision_depth, benchmarks[agent_id]) for answer in row] for row in decisions]
                 belief_advantages = leave_one_out_advantages([statistics.fmean(row) for row in rewards], config.reward_scale)

@@ -81,7 +81,7 @@ from dataclasses import dataclass
 import torch
 from trl.trainer.utils import selective_log_softmax
 
-from agents.decoding import MIN_BELIEF_TOKENS, SlotState, SlotVocabulary
+from agents.decoding import MIN_BELIEF_TOKENS, SlotState, SlotVocabulary, left_pad
 
 BANNED_LOGIT = -1e9
 
@@ -145,12 +145,7 @@ def build_batch(items: list[Scored], slot: SlotVocabulary, belief_tokens: int, v
     prompts = [None] * len(prompt_rows)
     for item, index in zip(items, prompt_index):
         prompts[index] = item.prompt_ids
-    length = max(len(prompt) for prompt in prompts)
-    prompt_ids = torch.full((len(prompts), length), pad_id, dtype=torch.long)
-    prompt_mask = torch.zeros((len(prompts), length), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        prompt_ids[row, length - len(prompt):] = torch.tensor(prompt)
-        prompt_mask[row, length - len(prompt):] = 1
+    prompt_ids, prompt_mask = left_pad(prompts, pad_id)
 
     rows, width = len(items), max(len(item.completion_ids) for item in items)
     targets = torch.full((rows, width), pad_id, dtype=torch.long)
