@@ -144,6 +144,7 @@ class TrainingConfig(Section):
     learning_rate: float = Field(2e-4, gt=0.0, le=1.0, description="AdamW learning rate.")
     carry_optimizer: bool = Field(False, description="Keep each agent's AdamW moments from one phase to the next (saved as optimizer.pt beside its adapter, so a resumed run goes on exactly); off = a fresh optimizer every phase. See training/rl.py.")
     kl_coef: float = Field(0.05, ge=0.0, description="Weight of the KL penalty to the base model (adapter off).")
+    kl_clamp: float | None = Field(None, gt=0.0, description="Cap on each token's k3 KL term in the loss (verl's low_var_kl uses 10); a token past it gets no KL gradient, so one far-drifted token cannot take a whole clipped step. None = no cap. The logged kl is never capped. See training/rl.py.")
     clip_epsilon: float = Field(0.2, gt=0.0, lt=1.0, description="PPO-style clip of the probability ratio; only acts from the second epoch on.")
     grad_clip: float = Field(1.0, gt=0.0, description="Max gradient norm of one agent's adapter per optimizer step.")
     epochs: int = Field(1, ge=1, le=100, description="Passes over a phase's samples.")

@@ -47,6 +47,7 @@ SCENARIO_CASES = [
     ("training-every-zero", f"[training]\nevery = 0\n{GROUP}", {}, "training.every"),
     ("training-algorithm-unknown", f'[training]\nalgorithm = "ppo2"\n{GROUP}', {}, "training.algorithm"),
     ("decision-samples-without-groups", f'[training]\nalgorithm = "reinforce"\ndecision_samples = 4\n{GROUP}', {}, "training.decision_samples"),
+    ("kl-clamp-zero", f"[training]\nkl_clamp = 0\n{GROUP}", {}, "training.kl_clamp"),
     ("aed-probes-zero", f"[aed]\nprobes = 0\n{GROUP}", {}, "aed.probes"),
     ("no-agents", "[run]\nsteps = 3\n", {}, "agents"),
     ("empty-groups", "[agents]\ngroups = []\n", {}, "agents.groups"),

@@ -247,6 +247,31 @@ def test_decision_weight_sets_the_number_tokens_share_of_the_policy_gradient(tin
     assert float(leaf.grad[~batch.trainable].abs().sum()) == 0.0
 
 
+def test_kl_clamp_stops_the_penalty_gradient_only_past_the_cap_and_logs_the_uncapped_kl(tiny_model_dir, tmp_path):
+    trainer = make_trainer(tiny_model_dir, tmp_path)
+    samples = decide(trainer, 0, 4, seed=1)
+    llm = trainer.llm
+    items = [Scored(s.prompt_ids, s.completion_ids, s.trainable, 1.0, 0.0) for s in samples]  # no advantage: the KL term alone
+    batch = build_batch(items, llm.slot, BELIEF_TOKENS, llm.model.config.vocab_size, llm.tokenizer.pad_token_id, llm.device)
+    with torch.no_grad():
+        base = token_logprobs(completion_logits(llm.model, batch, ["__base__"] * len(items)), batch)
+    # the policy sits below the base by 0.5 nats on even columns (k3 = 0.15) and 5 on odd ones (k3 = 142)
+    drift = torch.where(torch.arange(base.shape[1]) % 2 == 0, 0.5, 5.0).expand_as(base)
+    far = batch.trainable & (drift > 1.0)
+    near = batch.trainable & (drift < 1.0)
+    assert far.any() and near.any()
+    grads, kls = {}, {}
+    for cap in (None, 10.0):
+        leaf = (base - drift).clone().requires_grad_()
+        terms = policy_loss(leaf, leaf.detach(), base, batch, kl_coef=0.1, clip_epsilon=0.2, decision_weight=1.0, kl_clamp=cap)
+        terms.loss.backward()
+        grads[cap], kls[cap] = leaf.grad, terms.kl
+    assert float(grads[None][far].abs().min()) > 0.0
+    assert float(grads[10.0][far].abs().max()) == 0.0  # past the cap: no pull back to the base
+    assert torch.allclose(grads[10.0][near], grads[None][near])  # below it: the same penalty
+    assert kls[10.0] == kls[None] > 10.0  # the logged kl is the uncapped estimate
+
+
 def test_nested_groups_credit_a_belief_with_its_decisions_mean_and_a_decision_against_its_siblings(tiny_model_dir, tmp_path):
     trainer = make_trainer(tiny_model_dir, tmp_path, **ALGORITHMS["nested"])
     llm, samples = trainer.llm, decide(trainer, 0, 4, seed=1)

@@ -220,7 +220,7 @@ class Trainer:
                 slot=self.llm.slot, belief_tokens=self.belief_tokens, pad_id=self.llm.tokenizer.pad_token_id, device=self.llm.device,
                 learning_rate=config.learning_rate, kl_coef=config.kl_coef, clip_epsilon=config.clip_epsilon,
                 grad_clip=config.grad_clip, epochs=config.epochs, micro_batch=config.micro_batch, generator=generator,
-                decision_weight=config.decision_weight, optimizer_state=self.optimizer_states.get(agent_id),
+                decision_weight=config.decision_weight, kl_clamp=config.kl_clamp, optimizer_state=self.optimizer_states.get(agent_id),
             )
             if config.carry_optimizer:
                 self.optimizer_states[agent_id] = stats.optimizer_state

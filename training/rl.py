@@ -38,7 +38,10 @@ with a 3 % return. Two ways to form the groups (`training.algorithm`):
 tokens are excluded), averaged over the micro-batch's tokens (token-level, as in DAPO):
 `-min(rho * A, clip(rho, 1-eps, 1+eps) * A) + kl_coef * k3`, where `rho = pi / pi_old` and
 `k3 = pi_base/pi - log(pi_base/pi) - 1` is the unbiased, non-negative per-token estimate of
-KL(pi || pi_base) that GRPO uses, with pi_base the base model (the adapter disabled). In the
+KL(pi || pi_base) that GRPO uses, with pi_base the base model (the adapter disabled); with
+`training.kl_clamp` each token's k3 in the loss is capped there, as verl's low_var_kl does (a
+token that has fallen far below the base, k3 ~ pi_base/pi, would otherwise take most of a
+clipped step's gradient). In the
 first epoch `pi_old` is the policy itself (rho = 1, the plain policy gradient); later epochs
 reuse those first-pass log-probs, so rho and its clip keep repeated passes near the policy that
 sampled. **Token weights** (`training.decision_weight`, default 1): the mean is weighted, belief
@@ -252,9 +255,11 @@ class LossTerms:
     kl: float                 # mean k3 per trainable token
 
 
-def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, base_logprobs: torch.Tensor, batch: CompletionBatch, kl_coef: float, clip_epsilon: float, decision_weight: float) -> LossTerms:
+def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, base_logprobs: torch.Tensor, batch: CompletionBatch, kl_coef: float, clip_epsilon: float, decision_weight: float, kl_clamp: float | None = None) -> LossTerms:
     """The clipped surrogate plus the k3 KL penalty, a weighted mean over the trainable tokens
-    (belief tokens weigh 1, decision-number tokens `decision_weight`); `kl` is unweighted."""
+    (belief tokens weigh 1, decision-number tokens `decision_weight`); `kl` is unweighted.
+    With `kl_clamp` the penalty of each token is min(k3, kl_clamp), its log-ratio first held to
+    +-20 so exp cannot overflow (verl's low_var_kl); `k3` and `kl` stay the uncapped estimate."""
     mask = batch.trainable.float()
     tokens = mask.sum().clamp(min=1.0)
     weights = mask * torch.where(batch.belief, 1.0, decision_weight)
@@ -263,7 +268,11 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, base_logprob
     surrogate = torch.minimum(ratio * batch.advantages, clipped_ratio * batch.advantages)
     log_ratio_base = base_logprobs - logprobs
     k3 = torch.exp(log_ratio_base) - log_ratio_base - 1.0
-    loss = ((-surrogate + kl_coef * k3) * weights).sum() / weights.sum().clamp(min=1e-12)
+    penalty = k3
+    if kl_clamp is not None:
+        held = log_ratio_base.clamp(-20.0, 20.0)
+        penalty = (torch.exp(held) - held - 1.0).clamp(max=kl_clamp)
+    loss = ((-surrogate + kl_coef * penalty) * weights).sum() / weights.sum().clamp(min=1e-12)
     k3 = k3.detach()
     return LossTerms(loss, k3, float((k3 * mask).sum() / tokens))
 
@@ -297,6 +306,7 @@ def update_adapter(
     micro_batch: int,
     generator: torch.Generator,
     decision_weight: float,
+    kl_clamp: float | None = None,
     optimizer_state: dict | None = None,
 ) -> UpdateStats:
     """Train the active adapter (whose tensors are `parameters`) on `groups` of completions.
@@ -337,7 +347,7 @@ def update_adapter(
                 logprobs = token_logprobs(completion_logits(model, batch), batch)
                 if old_logprobs[index] is None:
                     old_logprobs[index] = logprobs.detach()
-                terms = policy_loss(logprobs, old_logprobs[index], base_logprobs[index], batch, kl_coef, clip_epsilon, decision_weight)
+                terms = policy_loss(logprobs, old_logprobs[index], base_logprobs[index], batch, kl_coef, clip_epsilon, decision_weight, kl_clamp)
                 optimizer.zero_grad(set_to_none=True)
                 terms.loss.backward()
                 norms.append(float(torch.nn.utils.clip_grad_norm_(parameters, grad_clip)))
