@@ -27,6 +27,11 @@ few beliefs before/after. Prompts come from agents/prompts.py, as the simulation
     python -m benchmarks.learning --quick    # a short smoke run (a few minutes)
     python -m benchmarks.learning --seeds 3 4 5 --set decision_samples=4 --set group_size=2 --set excess_return=true
                                              # nested groups (docs/training.md, session 9; ~80 min)
+    python -m benchmarks.learning --pool A.json B.json --out AB.json
+                                             # runs nothing: one summary of runs of the same settings on other seeds
+
+The report ends with a headline per arm: the mean gain over seeds ± its standard error and how
+many seeds gained.
 """
 
 from __future__ import annotations
@@ -269,25 +274,42 @@ def run(settings: Settings, keep_adapters: Path | None = None) -> dict:
         "settings": _settings_dict(settings), "seconds": round(time.perf_counter() - started, 1),
         "agents": [{**asdict(agent), "before": before[agent.agent_id], "after": after[agent.agent_id],
                     **{f"insample_{label}": table[agent.agent_id] for label, table in insample.items()}} for agent in agents],
-        "summary": summarise(agents, before, after), "training_log": log,
     }
-    return result
+    return {**result, "summary": summarise(result["agents"]), "training_log": log}
 
 
-def summarise(agents: list[Agent], before: dict, after: dict) -> dict:
-    """Mean ± std over seeds of every figure, per arm, before and after, and of the gains."""
+def summarise(agents: list[dict]) -> dict:
+    """Mean ± std over seeds of every figure, per arm, before and after, and of the gains, from
+    the result's agent records (`arm`, `before`, `after`)."""
     summary = {}
     for arm in ("treated", "control"):
-        arm_agents = [agent for agent in agents if agent.arm == arm]
+        arm_agents = [agent for agent in agents if agent["arm"] == arm]
         figures = {}
         gains = ("mean_reward", "mean_utility", "timing", "bias", "corr", "mean_decision", "mean_reward_unmirrored", "corr_unmirrored")
         for metric in (*gains, "belief_kl", "belief_text_share"):
-            for label, table in (("before", before), ("after", after)):
-                figures[f"{metric}_{label}"] = _spread([table[a.agent_id][metric] for a in arm_agents])
+            for label in ("before", "after"):
+                figures[f"{metric}_{label}"] = _spread([agent[label][metric] for agent in arm_agents])
             if metric in gains:
-                figures[f"{metric}_gain"] = _spread([after[a.agent_id][metric] - before[a.agent_id][metric] for a in arm_agents])
+                figures[f"{metric}_gain"] = _spread([agent["after"][metric] - agent["before"][metric] for agent in arm_agents])
         summary[arm] = figures
     return summary
+
+
+def pool(paths: list[Path]) -> dict:
+    """One result from runs of the same settings on different seeds (the training log is dropped)."""
+    results = [json.loads(path.read_text()) for path in paths]
+    first = {key: value for key, value in results[0]["settings"].items() if key != "seeds"}
+    for path, result in zip(paths[1:], results[1:]):
+        other = {key: value for key, value in result["settings"].items() if key != "seeds"}
+        if other != first:
+            differing = sorted(key for key in first.keys() | other.keys() if first.get(key) != other.get(key))
+            raise SystemExit(f"error: {path} was run with other settings than {paths[0]} ({', '.join(differing)}); pool only runs that differ in seeds")
+    seeds = [seed for result in results for seed in result["settings"]["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"error: the pooled runs share seeds ({seeds}); pool runs on different seeds")
+    agents = [agent for result in results for agent in result["agents"]]
+    return {"settings": {**results[0]["settings"], "seeds": seeds}, "seconds": sum(result["seconds"] for result in results),
+            "pooled_from": [str(path) for path in paths], "agents": agents, "summary": summarise(agents)}
 
 
 def report(result: dict) -> str:
@@ -310,6 +332,8 @@ def report(result: dict) -> str:
     lines.append("held-out mean daily return per seed (original dates): " + ", ".join(f"{seed}: {value * 100:+.3f} %" for seed, value in returns.items()))
     lines.append("")
     for arm, figures in result["summary"].items():
+        lines.append(f"{arm} headline: " + "; ".join(_headline(name, figures[f"{name}_gain"]["values"]) for name in ("corr", "mean_reward", "corr_unmirrored")))
+    for arm, figures in result["summary"].items():
         lines.append(f"{arm}: " + ", ".join(f"{name} {value['mean']:+.4f} ± {value['std']:.4f}" for name, value in figures.items() if value["mean"] is not None))
     lines.append("")
     for agent in result["agents"][:2]:
@@ -328,6 +352,12 @@ def corr(decisions: np.ndarray, returns: np.ndarray) -> float:
     if decisions.std() == 0 or returns.std() == 0:
         return 0.0
     return float(np.corrcoef(decisions, returns)[0, 1])
+
+
+def _headline(name: str, gains: list[float]) -> str:
+    """'corr gain +0.067 ± 0.028 (2/3 seeds > 0)': the mean over seeds ± its standard error."""
+    error = statistics.stdev(gains) / len(gains) ** 0.5 if len(gains) > 1 else float("nan")
+    return f"{name} gain {statistics.fmean(gains):+.4f} ± {error:.4f} s.e. ({sum(gain > 0 for gain in gains)}/{len(gains)} seeds > 0)"
 
 
 def _spread(values: list[float]) -> dict:
@@ -354,7 +384,18 @@ def main() -> None:
     parser.add_argument("--balanced-training", action="store_true", help="train on states/2 dates per phase and their mirrors (only timing pays)")
     parser.add_argument("--keep-adapters", type=Path, metavar="DIR", help="save the trained adapters there (default: a temporary folder)")
     parser.add_argument("--out", type=Path, help="JSON file (default benchmarks/results/learning[_quick].json)")
+    parser.add_argument("--pool", type=Path, nargs="+", metavar="JSON", help="run nothing: summarise earlier results of the same settings on different seeds as one (with --out)")
     args = parser.parse_args()
+    if args.pool:
+        missing = [str(path) for path in args.pool if not path.is_file()]
+        if missing:
+            raise SystemExit(f"error: no such result file: {', '.join(missing)}")
+        result = pool(args.pool)
+        print(report(result))
+        if args.out:
+            args.out.write_text(json.dumps(result, indent=2, default=str))
+            print(f"\nwritten to {args.out}")
+        return
     settings = QUICK if args.quick else Settings()
     if args.seeds:
         settings = replace(settings, seeds=tuple(args.seeds))

@@ -103,3 +103,29 @@ def test_sign_probe_labels_follow_the_planted_factor_and_flip_with_the_mirror():
         assert labels[-1] == ("+5" if value > 0 else "-5")
         assert label(factor_value(market, date, mirrored=True)) == ("-5" if value > 0 else "+5")
     assert set(labels) == {"+5", "-5"}
+
+
+def test_pool_summarises_runs_on_different_seeds_as_one_and_refuses_other_settings(tmp_path):
+    import json
+
+    from benchmarks.learning import pool
+
+    metrics = ("mean_reward", "mean_utility", "timing", "bias", "corr", "mean_decision", "mean_reward_unmirrored", "corr_unmirrored", "belief_kl", "belief_text_share")
+
+    def result(seeds, corr_after, settings=None):
+        agents = [{"seed": seed, "arm": arm, "before": dict.fromkeys(metrics, 0.0), "after": {**dict.fromkeys(metrics, 0.0), "corr": corr_after}}
+                  for seed in seeds for arm in ("treated", "control")]
+        return {"settings": {"seeds": seeds, "iterations": 10, **(settings or {})}, "seconds": 5.0, "agents": agents}
+
+    paths = {}
+    for name, data in {"a": result([0, 1], 0.1), "b": result([2], -0.3), "other": result([3], 0.0, {"iterations": 5}), "again": result([1], 0.0)}.items():
+        paths[name] = tmp_path / f"{name}.json"
+        paths[name].write_text(json.dumps(data))
+    pooled = pool([paths["a"], paths["b"]])
+    assert pooled["settings"]["seeds"] == [0, 1, 2] and pooled["seconds"] == 10.0
+    gains = pooled["summary"]["treated"]["corr_gain"]
+    assert gains["values"] == [0.1, 0.1, -0.3] and gains["mean"] == pytest.approx(-0.1 / 3)
+    with pytest.raises(SystemExit, match="iterations"):
+        pool([paths["a"], paths["other"]])
+    with pytest.raises(SystemExit, match="share seeds"):
+        pool([paths["a"], paths["again"]])
