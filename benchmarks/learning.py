@@ -356,8 +356,8 @@ def corr(decisions: np.ndarray, returns: np.ndarray) -> float:
 
 def _headline(name: str, gains: list[float]) -> str:
     """'corr gain +0.067 ± 0.028 (2/3 seeds > 0)': the mean over seeds ± its standard error."""
-    error = statistics.stdev(gains) / len(gains) ** 0.5 if len(gains) > 1 else float("nan")
-    return f"{name} gain {statistics.fmean(gains):+.4f} ± {error:.4f} s.e. ({sum(gain > 0 for gain in gains)}/{len(gains)} seeds > 0)"
+    error = f" ± {statistics.stdev(gains) / len(gains) ** 0.5:.4f} s.e." if len(gains) > 1 else ""
+    return f"{name} gain {statistics.fmean(gains):+.4f}{error} ({sum(gain > 0 for gain in gains)}/{len(gains)} seeds > 0)"
 
 
 def _spread(values: list[float]) -> dict:

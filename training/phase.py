@@ -166,7 +166,8 @@ class Trainer:
         """`decision_samples` M > 1: every belief of a hindsight group also gets M - 1 fresh
         decisions after it (one batched `redecide`), so a belief is credited with its value, the
         mean reward of its M decisions, against the other beliefs of its group, and a decision with
-        its reward against the other decisions after the same belief (training/rl.py)."""
+        its reward against the other decisions after the same belief (training/rl.py). A group's
+        first member is the phase sample that was paid; its day's return scores them all."""
         config, count = self.config, self.config.decision_samples
         requests = [(agent_id, group[0], member) for agent_id, agent_groups in members.items()
                     for group in agent_groups for member in group for _ in range(count - 1)]
