@@ -270,12 +270,10 @@ def run(settings: Settings, keep_adapters: Path | None = None) -> dict:
         after = evaluate(llm, trainer, agents, markets, heldout_dates, settings, measure_kl=True)
         if settings.insample:
             insample["after"] = evaluate(llm, trainer, agents, markets, train_dates, settings, measure_kl=False)
-    result = {
-        "settings": _settings_dict(settings), "seconds": round(time.perf_counter() - started, 1),
-        "agents": [{**asdict(agent), "before": before[agent.agent_id], "after": after[agent.agent_id],
-                    **{f"insample_{label}": table[agent.agent_id] for label, table in insample.items()}} for agent in agents],
-    }
-    return {**result, "summary": summarise(result["agents"]), "training_log": log}
+    records = [{**asdict(agent), "before": before[agent.agent_id], "after": after[agent.agent_id],
+                **{f"insample_{label}": table[agent.agent_id] for label, table in insample.items()}} for agent in agents]
+    return {"settings": _settings_dict(settings), "seconds": round(time.perf_counter() - started, 1),
+            "agents": records, "summary": summarise(records), "training_log": log}
 
 
 def summarise(agents: list[dict]) -> dict:
@@ -298,9 +296,9 @@ def summarise(agents: list[dict]) -> dict:
 def pool(paths: list[Path]) -> dict:
     """One result from runs of the same settings on different seeds (the training log is dropped)."""
     results = [json.loads(path.read_text()) for path in paths]
-    first = {key: value for key, value in results[0]["settings"].items() if key != "seeds"}
-    for path, result in zip(paths[1:], results[1:]):
-        other = {key: value for key, value in result["settings"].items() if key != "seeds"}
+    settings = [{key: value for key, value in result["settings"].items() if key != "seeds"} for result in results]
+    first = settings[0]
+    for path, other in zip(paths[1:], settings[1:]):
         if other != first:
             differing = sorted(key for key in first.keys() | other.keys() if first.get(key) != other.get(key))
             raise SystemExit(f"error: {path} was run with other settings than {paths[0]} ({', '.join(differing)}); pool only runs that differ in seeds")

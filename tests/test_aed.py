@@ -49,7 +49,6 @@ def test_belief_dispersion_is_zero_for_identical_and_one_for_orthogonal_beliefs(
     assert belief_dispersion(orthogonal) == pytest.approx(1.0)
 
 
-
 def test_identical_beliefs_never_give_a_negative_distance():
     rng = np.random.default_rng(1)
     vectors = rng.normal(size=(256, 384))
