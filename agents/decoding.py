@@ -88,6 +88,13 @@ class SlotVocabulary:
     def max_new_tokens(self, belief_tokens: int) -> int:
         return belief_tokens + len(self.newline_marker_ids) + MAX_NUMBER_TOKENS + 1
 
+    def sign_tokens(self) -> tuple[list[int], list[int]]:
+        """The tokens a number may begin with (`+`, `-`, or a token such as `+1` in a tokenizer
+        that has one) and the sign each one writes (+1 or -1), in token order."""
+        first = sorted((token, 1 if text[0] == "+" else -1) for token, text in self.number_tokens.items()
+                       if text in NUMBER_PREFIXES and text[0] in "+-")
+        return [token for token, _ in first], [sign for _, sign in first]
+
 
 BELIEF, MARKER_PHASE, NUMBER, DONE = "belief", "marker", "number", "done"
 

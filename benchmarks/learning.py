@@ -27,11 +27,13 @@ few beliefs before/after. Prompts come from agents/prompts.py, as the simulation
     python -m benchmarks.learning --quick    # a short smoke run (a few minutes)
     python -m benchmarks.learning --seeds 3 4 5 --set decision_samples=4 --set group_size=2 --set excess_return=true
                                              # nested groups (docs/training.md, session 9; ~80 min)
+    python -m benchmarks.learning --seeds 3 4 5 --set expected_sign=true --set excess_return=true
+                                             # the sign credited over both signs (docs/training.md, session 11; ~52 min)
     python -m benchmarks.learning --pool A.json B.json --out AB.json
                                              # runs nothing: one summary of runs of the same settings on other seeds
 
-The report ends with a headline per arm: the mean gain over seeds ± its standard error and how
-many seeds gained.
+The report ends with a headline per arm, and for treated minus control paired by seed: the mean
+gain over seeds ± its standard error and how many seeds gained.
 """
 
 from __future__ import annotations
@@ -276,21 +278,32 @@ def run(settings: Settings, keep_adapters: Path | None = None) -> dict:
             "agents": records, "summary": summarise(records), "training_log": log}
 
 
+GAINS = ("mean_reward", "mean_utility", "timing", "bias", "corr", "mean_decision", "mean_reward_unmirrored", "corr_unmirrored")
+
+
 def summarise(agents: list[dict]) -> dict:
     """Mean ± std over seeds of every figure, per arm, before and after, and of the gains, from
-    the result's agent records (`arm`, `before`, `after`)."""
+    the result's agent records (`seed`, `arm`, `before`, `after`); and `treated_minus_control`:
+    per seed, the treated agent's gain less its control twin's (what the issue compares)."""
     summary = {}
     for arm in ("treated", "control"):
         arm_agents = [agent for agent in agents if agent["arm"] == arm]
         figures = {}
-        gains = ("mean_reward", "mean_utility", "timing", "bias", "corr", "mean_decision", "mean_reward_unmirrored", "corr_unmirrored")
-        for metric in (*gains, "belief_kl", "belief_text_share"):
+        for metric in (*GAINS, "belief_kl", "belief_text_share"):
             for label in ("before", "after"):
                 figures[f"{metric}_{label}"] = _spread([agent[label][metric] for agent in arm_agents])
-            if metric in gains:
-                figures[f"{metric}_gain"] = _spread([agent["after"][metric] - agent["before"][metric] for agent in arm_agents])
+            if metric in GAINS:
+                figures[f"{metric}_gain"] = _spread([_gain(agent, metric) for agent in arm_agents])
         summary[arm] = figures
+    twins = {(agent["seed"], agent["arm"]): agent for agent in agents}
+    seeds = [seed for seed in dict.fromkeys(agent["seed"] for agent in agents) if (seed, "treated") in twins and (seed, "control") in twins]
+    summary["treated_minus_control"] = {f"{metric}_gain": _spread([_gain(twins[seed, "treated"], metric) - _gain(twins[seed, "control"], metric) for seed in seeds])
+                                        for metric in GAINS}
     return summary
+
+
+def _gain(agent: dict, metric: str) -> float:
+    return agent["after"][metric] - agent["before"][metric]
 
 
 def pool(paths: list[Path]) -> dict:

@@ -136,6 +136,7 @@ class TrainingConfig(Section):
     risk_aversion: float = Field(20.0, ge=0.0, description="lambda of the risk-adjusted reward; see training/rewards.py.")
     excess_return: bool = Field(False, description="Learn from each sample's return minus the mean return of the agent's samples in the phase, so a trend in the window (which pays plain bullishness) drops out and only timing earns an advantage; the reward paid and stored is unchanged. See training/phase.py.")
     decision_weight: float = Field(1.0, gt=0.0, le=100.0, description="Loss weight of each decision-number token relative to a belief token (1 = every chosen token alike). A belief has up to belief_tokens tokens and the number 4-5 (sign, digits, point, tenths), so at 1 the sign the market pays is ~5 % of each step's loss; see training/rl.py.")
+    expected_sign: bool = Field(False, description="Credit the decision's sign token with its exact expectation over both signs (the all-action policy gradient), the opposite sign scored in hindsight at the same depth, instead of through the one sign that was sampled: a group whose members all went long still learns whether short would have paid. See training/rl.py.")
     reward_scale: float = Field(100.0, gt=0.0, description="Advantages are multiplied by this (returns are ~0.01); it sets the policy gradient's weight against kl_coef.")
     lora_rank: int = Field(8, ge=1, le=256, description="Rank r of every agent's LoRA adapter.")
     lora_alpha: float = Field(16.0, gt=0.0, description="LoRA scaling numerator: the update is (alpha / r) * B A.")

@@ -113,8 +113,9 @@ def test_pool_summarises_runs_on_different_seeds_as_one_and_refuses_other_settin
     metrics = ("mean_reward", "mean_utility", "timing", "bias", "corr", "mean_decision", "mean_reward_unmirrored", "corr_unmirrored", "belief_kl", "belief_text_share")
 
     def result(seeds, corr_after, settings=None):
-        agents = [{"seed": seed, "arm": arm, "before": dict.fromkeys(metrics, 0.0), "after": {**dict.fromkeys(metrics, 0.0), "corr": corr_after}}
-                  for seed in seeds for arm in ("treated", "control")]
+        extra = {"heldout_mean_return": 0.0, "beliefs": []}
+        agents = [{"seed": seed, "arm": arm, "before": {**dict.fromkeys(metrics, 0.0), **extra}, "after": {**dict.fromkeys(metrics, 0.0), **extra, "corr": corr_after * share}}
+                  for seed in seeds for arm, share in (("treated", 1.0), ("control", 0.25))]
         return {"settings": {"seeds": seeds, "iterations": 10, **(settings or {})}, "seconds": 5.0, "agents": agents}
 
     paths = {}
@@ -125,6 +126,9 @@ def test_pool_summarises_runs_on_different_seeds_as_one_and_refuses_other_settin
     assert pooled["settings"]["seeds"] == [0, 1, 2] and pooled["seconds"] == 10.0
     gains = pooled["summary"]["treated"]["corr_gain"]
     assert gains["values"] == [0.1, 0.1, -0.3] and gains["mean"] == pytest.approx(-0.1 / 3)
+    # per seed, the treated gain less its control twin's
+    assert pooled["summary"]["treated_minus_control"]["corr_gain"]["values"] == pytest.approx([0.075, 0.075, -0.225])
+    assert "treated_minus_control headline: corr gain -0.0250" in report(pooled)
     with pytest.raises(SystemExit, match="iterations"):
         pool([paths["a"], paths["other"]])
     with pytest.raises(SystemExit, match="share seeds"):

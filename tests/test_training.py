@@ -7,6 +7,7 @@ The planted rule: a prompt says the market will go "up" or "down", and the reali
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from simulation.config import TrainingConfig
 from training import adapters
 from training.phase import Trainer
 from training.rewards import reward
-from training.rl import build_batch, completion_logits, decoding_logits, leave_one_out_advantages, policy_loss, token_logprobs, Scored
+from training.rl import build_batch, completion_logits, decoding_logits, flipped_advantages, leave_one_out_advantages, policy_loss, sign_logprobs, token_logprobs, update_adapter, Scored
 from training.samples import Sample, most_recent, sample_from_completion
 from agents.decoding import number_start
 
@@ -27,6 +28,7 @@ ALGORITHMS = {
     "reinforce": dict(algorithm="reinforce"),
     "hindsight_grpo": dict(algorithm="hindsight_grpo"),
     "nested": dict(algorithm="hindsight_grpo", group_size=2, decision_samples=3),
+    "expected_sign": dict(algorithm="hindsight_grpo", expected_sign=True),
 }
 FAST = dict(learning_rate=1e-2, micro_batch=8, max_samples=0, target_modules=["q_proj", "v_proj", "gate_proj", "down_proj"])
 
@@ -301,12 +303,80 @@ def test_nested_groups_credit_a_belief_with_its_decisions_mean_and_a_decision_ag
     assert torch.all(batch.advantages[0][batch.valid[0] & ~batch.belief[0]] == head.advantage)
 
 
+def test_expected_sign_credits_the_sign_token_with_both_signs_and_leaves_the_other_tokens_alone(tiny_model_dir, tmp_path):
+    trainer = make_trainer(tiny_model_dir, tmp_path)
+    llm, samples = trainer.llm, decide(trainer, 0, 4, seed=1)
+    advantages, flipped = [1.0, -2.0, 0.0, 3.0], [-1.5, 2.0, 4.0, 0.5]
+    items = [Scored(s.prompt_ids, s.completion_ids, s.trainable, 1.0, a, flipped_advantage=f) for s, a, f in zip(samples, advantages, flipped)]
+    batch = build_batch(items, llm.slot, BELIEF_TOKENS, llm.model.config.vocab_size, llm.tokenizer.pad_token_id, llm.device)
+    sign_ids, signs = llm.slot.sign_tokens()
+    assert [llm.tokenizer.decode([token]) for token in sign_ids] == ["+", "-"]
+    rows = torch.arange(len(items))
+    assert bool((batch.sign_column >= 0).all())
+    sampled = [signs[sign_ids.index(int(token))] for token in batch.targets[rows, batch.sign_column]]
+    for row, sign in enumerate(sampled):  # the sampled sign keeps its advantage; the other sign gets the flipped one
+        assert batch.sign_advantages[row].tolist() == [advantages[row] if s == sign else flipped[row] for s in signs]
+    with torch.no_grad():
+        logits = completion_logits(llm.model, batch, ["__base__"] * len(items))
+    logprobs, signs_now = token_logprobs(logits, batch), sign_logprobs(logits, batch)
+    assert torch.allclose(signs_now.exp().sum(-1), torch.ones(len(items)))  # only + and - may begin a number
+    plain = policy_loss(logprobs, logprobs, logprobs, batch, kl_coef=0.0, clip_epsilon=0.2, decision_weight=1.0)
+    leaf, sign_leaf = logprobs.clone().requires_grad_(), signs_now.clone().requires_grad_()
+    expected = policy_loss(leaf, logprobs, logprobs, batch, kl_coef=0.0, clip_epsilon=0.2, decision_weight=1.0, sign=(sign_leaf, signs_now))
+    expected.loss.backward()
+    weights = float(batch.trainable.sum())
+    # the loss differs from the sampled estimator only at the sign: E over both signs replaces the sampled one
+    at_sign = batch.advantages[rows, batch.sign_column]
+    assert float(expected.loss - plain.loss) == pytest.approx(float(-((signs_now.exp() * batch.sign_advantages).sum(-1) - at_sign).sum() / weights), rel=1e-5)
+    # first pass: d loss / d log pi(k) = -pi(k) * A_k / tokens for each sign, and nothing through the sampled token there
+    assert torch.allclose(sign_leaf.grad, -signs_now.exp() * batch.sign_advantages / weights)
+    assert float(leaf.grad[rows, batch.sign_column].abs().sum()) == 0.0
+    others = batch.trainable.clone()
+    others[rows, batch.sign_column] = False
+    assert torch.allclose(leaf.grad[others], (-batch.advantages / weights)[others])
+
+
+def test_expected_sign_learns_from_groups_whose_members_all_agreed(tiny_model_dir, tmp_path):
+    # every member of a group made the same decision, so the sampled advantages are all 0: only
+    # the hindsight score of the other sign says which way the day went
+    trainer = make_trainer(tiny_model_dir, tmp_path, epochs=2)
+    llm, samples = trainer.llm, decide(trainer, 0, 16, seed=1)
+    groups = []
+    for s in samples:
+        rewards = [s.realised_return * s.decision_depth] * 2
+        other = flipped_advantages(rewards, [-reward for reward in rewards], 100.0)
+        groups.append([Scored(s.prompt_ids, s.completion_ids, s.trainable, 1.0, 0.0, flipped_advantage=f) for f in other])
+    assert all(item.learns for group in groups for item in group) and not replace(groups[0][0], flipped_advantage=None).learns
+    items = [group[0] for group in groups]
+    batch = build_batch(items, llm.slot, BELIEF_TOKENS, llm.model.config.vocab_size, llm.tokenizer.pad_token_id, llm.device)
+    assert bool((batch.sign_column >= 0).all())
+    plus, minus = (llm.slot.sign_tokens()[0].index(llm.tokenizer.convert_tokens_to_ids(text)) for text in ("+", "-"))
+    up = torch.tensor([s.realised_return > 0 for s in samples])
+
+    def log_odds_of_long() -> torch.Tensor:
+        with torch.no_grad():
+            signs = sign_logprobs(completion_logits(llm.model, batch, [trainer.adapter_name(0)] * len(items)), batch)
+        return signs[:, plus] - signs[:, minus]
+
+    before_state, before = state(trainer, 0), log_odds_of_long()
+    llm.model.set_adapter(trainer.adapter_name(0))
+    update_adapter(llm.model, adapters.adapter_parameters(llm.model, trainer.adapter_name(0)), groups, slot=llm.slot, belief_tokens=BELIEF_TOKENS,
+                   pad_id=llm.tokenizer.pad_token_id, device=llm.device, learning_rate=1e-2, kl_coef=0.05, clip_epsilon=0.2, grad_clip=1.0,
+                   epochs=2, micro_batch=8, generator=torch.Generator().manual_seed(0), decision_weight=1.0)
+    assert not same(state(trainer, 0), before_state)
+    change = log_odds_of_long() - before
+    assert float(change[up].mean()) > float(change[~up].mean()) + 0.1  # long gained on the up days against the down days
+
+
 def test_leave_one_out_advantages_sum_to_zero_and_need_a_peer():
     advantages = leave_one_out_advantages([0.03, -0.01, 0.01], 100.0)
     assert advantages[0] == pytest.approx(100 * (0.03 - 0.0))
     assert sum(advantages) == pytest.approx(0.0)
     assert leave_one_out_advantages([0.05], 100.0) == [0.0]
     assert leave_one_out_advantages([], 100.0) == []
+    # the flipped sign is scored against the same baseline (the others' mean reward)
+    assert flipped_advantages([0.03, -0.01, 0.01], [-0.03, 0.01, -0.01], 100.0) == pytest.approx([100 * (-0.03 - 0.0), 100 * (0.01 - 0.02), 100 * (-0.01 - 0.01)])
+    assert flipped_advantages([0.05], [-0.05], 100.0) == [0.0]
 
 
 def test_most_recent_keeps_the_latest_samples_in_step_order():

@@ -49,7 +49,7 @@ from simulation.seeding import child_seed
 from training import adapters
 from training.belief_quality import belief_text_share
 from training.rewards import reward
-from training.rl import Scored, leave_one_out_advantages, update_adapter
+from training.rl import Scored, flipped_advantages, leave_one_out_advantages, update_adapter
 from training.samples import Sample, most_recent
 
 OPTIMIZER_STATE = "optimizer.pt"
@@ -139,7 +139,9 @@ class Trainer:
                 # the paid reward less benchmark * depth: (r - b) d = r d - b d, and the risk penalty does not depend on r
                 rewards = [sample.reward - benchmarks[agent_id] * sample.decision_depth for sample in agent_samples]
                 advantages = leave_one_out_advantages(rewards, config.reward_scale)
-                groups[agent_id] = [[_scored(sample, sample.temperature, advantage)] for sample, advantage in zip(agent_samples, advantages)]
+                flipped = self._flipped_advantages(rewards, agent_samples, agent_samples, benchmarks[agent_id])
+                groups[agent_id] = [[_scored(sample, sample.temperature, advantage, other)]
+                                    for sample, advantage, other in zip(agent_samples, advantages, flipped)]
             return groups
         requests = [(agent_id, sample) for agent_id, agent_samples in chosen.items() for sample in agent_samples for _ in range(config.group_size - 1)]
         completions = iter(self.llm.generate(
@@ -159,7 +161,8 @@ class Trainer:
                 sample = group[0]
                 rewards = [self._hindsight_reward(sample, member.decision_depth, benchmarks[agent_id]) for member in group]
                 advantages = leave_one_out_advantages(rewards, config.reward_scale)
-                groups[agent_id].append([_scored(member, sample.temperature, advantage) for member, advantage in zip(group, advantages)])
+                flipped = self._flipped_advantages(rewards, [sample] * len(group), group, benchmarks[agent_id])
+                groups[agent_id].append([_scored(member, sample.temperature, advantage, other) for member, advantage, other in zip(group, advantages, flipped)])
         return groups
 
     def _nested_groups(self, members: dict[int, list[list[Sample | Completion]]], benchmarks: dict[int, float], seed: int) -> dict[int, list[list[Scored]]]:
@@ -187,8 +190,9 @@ class Trainer:
                 scored = []
                 for row, row_rewards, belief_advantage in zip(decisions, rewards, belief_advantages):
                     advantages = leave_one_out_advantages(row_rewards, config.reward_scale)
-                    scored.append(replace(_scored(row[0], sample.temperature, advantages[0]), belief_advantage=belief_advantage))
-                    scored += [_scored(answer, sample.temperature, advantage) for answer, advantage in zip(row[1:], advantages[1:])]
+                    flipped = self._flipped_advantages(row_rewards, [sample] * len(row), row, benchmarks[agent_id])
+                    scored.append(replace(_scored(row[0], sample.temperature, advantages[0], flipped[0]), belief_advantage=belief_advantage))
+                    scored += [_scored(answer, sample.temperature, advantage, other) for answer, advantage, other in zip(row[1:], advantages[1:], flipped[1:])]
                 groups[agent_id].append(scored)
         return groups
 
@@ -198,6 +202,14 @@ class Trainer:
         if not self.config.excess_return or not agent_samples:
             return 0.0
         return statistics.fmean(sample.realised_return for sample in agent_samples)
+
+    def _flipped_advantages(self, rewards: list[float], days: list[Sample], answers: list[Sample | Completion], benchmark_return: float) -> list[float | None]:
+        """With `expected_sign`, each answer's advantage had its decision's sign been the other
+        (scored on its day in hindsight, against the same baseline); otherwise None each."""
+        if not self.config.expected_sign:
+            return [None] * len(answers)
+        flipped = [self._hindsight_reward(day, -answer.decision_depth, benchmark_return) for day, answer in zip(days, answers)]
+        return flipped_advantages(rewards, flipped, self.config.reward_scale)
 
     def _hindsight_reward(self, sample: Sample, decision_depth: float, benchmark_return: float) -> float:
         """What `decision_depth` would have earned on the sample's day, the return held fixed (less
@@ -250,5 +262,5 @@ def _sampling_temperature(sample: Sample) -> float:
     return sample.temperature if sample.temperature > 0 else 1.0
 
 
-def _scored(answer: Sample | Completion, temperature: float, advantage: float) -> Scored:
-    return Scored(answer.prompt_ids, answer.completion_ids, answer.trainable, temperature, advantage)
+def _scored(answer: Sample | Completion, temperature: float, advantage: float, flipped_advantage: float | None = None) -> Scored:
+    return Scored(answer.prompt_ids, answer.completion_ids, answer.trainable, temperature, advantage, flipped_advantage=flipped_advantage)
