@@ -284,7 +284,7 @@ GAINS = ("mean_reward", "mean_utility", "timing", "bias", "corr", "mean_decision
 def summarise(agents: list[dict]) -> dict:
     """Mean ± std over seeds of every figure, per arm, before and after, and of the gains, from
     the result's agent records (`seed`, `arm`, `before`, `after`); and `treated_minus_control`:
-    per seed, the treated agent's gain less its control twin's (what the issue compares)."""
+    per seed, the treated agent's gain less its control twin's (a gain the control shares cancels)."""
     summary = {}
     for arm in ("treated", "control"):
         arm_agents = [agent for agent in agents if agent["arm"] == arm]
