@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 from transformers import LogitsProcessor, PreTrainedTokenizerBase
@@ -88,12 +89,13 @@ class SlotVocabulary:
     def max_new_tokens(self, belief_tokens: int) -> int:
         return belief_tokens + len(self.newline_marker_ids) + MAX_NUMBER_TOKENS + 1
 
-    def sign_tokens(self) -> tuple[list[int], list[int]]:
+    @cached_property
+    def sign_tokens(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """The tokens a number may begin with (`+`, `-`, or a token such as `+1` in a tokenizer
-        that has one) and the sign each one writes (+1 or -1), in token order."""
+        that has one) and the sign each one writes (+1 or -1), in token order; computed once."""
         first = sorted((token, 1 if text[0] == "+" else -1) for token, text in self.number_tokens.items()
                        if text in NUMBER_PREFIXES and text[0] in "+-")
-        return [token for token, _ in first], [sign for _, sign in first]
+        return tuple(token for token, _ in first), tuple(sign for _, sign in first)
 
 
 BELIEF, MARKER_PHASE, NUMBER, DONE = "belief", "marker", "number", "done"

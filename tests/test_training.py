@@ -17,7 +17,7 @@ from simulation.config import TrainingConfig
 from training import adapters
 from training.phase import Trainer
 from training.rewards import reward
-from training.rl import build_batch, completion_logits, decoding_logits, flipped_advantages, leave_one_out_advantages, policy_loss, sign_logprobs, token_logprobs, update_adapter, Scored
+from training.rl import build_batch, completion_logits, decoding_logits, leave_one_out_advantages, policy_loss, sign_logprobs, token_logprobs, update_adapter, Scored
 from training.samples import Sample, most_recent, sample_from_completion
 from agents.decoding import number_start
 
@@ -309,7 +309,7 @@ def test_expected_sign_credits_the_sign_token_with_both_signs_and_leaves_the_oth
     advantages, flipped = [1.0, -2.0, 0.0, 3.0], [-1.5, 2.0, 4.0, 0.5]
     items = [Scored(s.prompt_ids, s.completion_ids, s.trainable, 1.0, a, flipped_advantage=f) for s, a, f in zip(samples, advantages, flipped)]
     batch = build_batch(items, llm.slot, BELIEF_TOKENS, llm.model.config.vocab_size, llm.tokenizer.pad_token_id, llm.device)
-    sign_ids, signs = llm.slot.sign_tokens()
+    sign_ids, signs = llm.slot.sign_tokens
     assert [llm.tokenizer.decode([token]) for token in sign_ids] == ["+", "-"]
     rows = torch.arange(len(items))
     assert bool((batch.sign_column >= 0).all())
@@ -344,13 +344,13 @@ def test_expected_sign_learns_from_groups_whose_members_all_agreed(tiny_model_di
     groups = []
     for s in samples:
         rewards = [s.realised_return * s.decision_depth] * 2
-        other = flipped_advantages(rewards, [-reward for reward in rewards], 100.0)
+        other = leave_one_out_advantages(rewards, 100.0, scored=[-reward for reward in rewards])
         groups.append([Scored(s.prompt_ids, s.completion_ids, s.trainable, 1.0, 0.0, flipped_advantage=f) for f in other])
     assert all(item.learns for group in groups for item in group) and not replace(groups[0][0], flipped_advantage=None).learns
     items = [group[0] for group in groups]
     batch = build_batch(items, llm.slot, BELIEF_TOKENS, llm.model.config.vocab_size, llm.tokenizer.pad_token_id, llm.device)
     assert bool((batch.sign_column >= 0).all())
-    plus, minus = (llm.slot.sign_tokens()[0].index(llm.tokenizer.convert_tokens_to_ids(text)) for text in ("+", "-"))
+    plus, minus = (llm.slot.sign_tokens[0].index(llm.tokenizer.convert_tokens_to_ids(text)) for text in ("+", "-"))
     up = torch.tensor([s.realised_return > 0 for s in samples])
 
     def log_odds_of_long() -> torch.Tensor:
@@ -375,8 +375,8 @@ def test_leave_one_out_advantages_sum_to_zero_and_need_a_peer():
     assert leave_one_out_advantages([0.05], 100.0) == [0.0]
     assert leave_one_out_advantages([], 100.0) == []
     # the flipped sign is scored against the same baseline (the others' mean reward)
-    assert flipped_advantages([0.03, -0.01, 0.01], [-0.03, 0.01, -0.01], 100.0) == pytest.approx([100 * (-0.03 - 0.0), 100 * (0.01 - 0.02), 100 * (-0.01 - 0.01)])
-    assert flipped_advantages([0.05], [-0.05], 100.0) == [0.0]
+    assert leave_one_out_advantages([0.03, -0.01, 0.01], 100.0, scored=[-0.03, 0.01, -0.01]) == pytest.approx([100 * (-0.03 - 0.0), 100 * (0.01 - 0.02), 100 * (-0.01 - 0.01)])
+    assert leave_one_out_advantages([0.05], 100.0, scored=[-0.05]) == [0.0]
 
 
 def test_most_recent_keeps_the_latest_samples_in_step_order():

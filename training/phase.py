@@ -49,7 +49,7 @@ from simulation.seeding import child_seed
 from training import adapters
 from training.belief_quality import belief_text_share
 from training.rewards import reward
-from training.rl import Scored, flipped_advantages, leave_one_out_advantages, update_adapter
+from training.rl import Scored, leave_one_out_advantages, update_adapter
 from training.samples import Sample, most_recent
 
 OPTIMIZER_STATE = "optimizer.pt"
@@ -209,7 +209,7 @@ class Trainer:
         if not self.config.expected_sign:
             return [None] * len(answers)
         flipped = [self._hindsight_reward(day, -answer.decision_depth, benchmark_return) for day, answer in zip(days, answers)]
-        return flipped_advantages(rewards, flipped, self.config.reward_scale)
+        return leave_one_out_advantages(rewards, self.config.reward_scale, scored=flipped)
 
     def _hindsight_reward(self, sample: Sample, decision_depth: float, benchmark_return: float) -> float:
         """What `decision_depth` would have earned on the sample's day, the return held fixed (less

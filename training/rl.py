@@ -41,7 +41,7 @@ through the sign that happened to be drawn: `A_i * grad log pi(sign_i)`, whose e
 fixed and the same depth (`F_i = reward(-d_i)`), so that expectation is computed exactly instead:
 the all-action policy gradient of a two-way choice (the sum over actions in Sutton et al. 2000; Mean Actor-Critic,
 Asadi et al. 2017), with `A(sampled) = A_i` and `A(other) = scale * (F_i - baseline_i)`, the same
-leave-one-out baseline (`flipped_advantages`). It is unbiased for the sign given the depth that
+leave-one-out baseline (`leave_one_out_advantages(..., scored=)`). It is unbiased for the sign given the depth that
 was written after it, and removes two noises from the token the market pays: which sign was drawn,
 and the baseline (`sum_s grad pi(s) * b = 0` exactly). It matters most where a sampled estimator
 learns nothing: SmolLM2-135M goes short in about 1 decision in 10, so most groups of 4 are all
@@ -124,23 +124,15 @@ class Scored:
         return self.advantage != 0.0 or bool(self.belief_advantage) or bool(self.flipped_advantage)
 
 
-def leave_one_out_advantages(rewards: list[float], scale: float) -> list[float]:
-    """`scale * (R_i - mean of the others)`; a group of one has no baseline, so advantage 0."""
+def leave_one_out_advantages(rewards: list[float], scale: float, scored: list[float] | None = None) -> list[float]:
+    """`scale * (S_i - mean of the others' R)`, with `S` = the rewards themselves, or `scored` (e.g.
+    what each completion would have earned with its decision's sign flipped) against the same
+    baselines; a group of one has no baseline, so advantage 0."""
     count = len(rewards)
     if count < 2:
         return [0.0] * count
     total = sum(rewards)
-    return [scale * (reward - (total - reward) / (count - 1)) for reward in rewards]
-
-
-def flipped_advantages(rewards: list[float], flipped_rewards: list[float], scale: float) -> list[float]:
-    """`scale * (F_i - mean of the others' R)`: the advantage completion i would have had with its
-    decision's sign flipped (reward `F_i`), against the same leave-one-out baseline."""
-    count = len(rewards)
-    if count < 2:
-        return [0.0] * count
-    total = sum(rewards)
-    return [scale * (flipped - (total - reward) / (count - 1)) for reward, flipped in zip(rewards, flipped_rewards)]
+    return [scale * (value - (total - reward) / (count - 1)) for reward, value in zip(rewards, scored if scored is not None else rewards)]
 
 
 @dataclass
@@ -203,12 +195,14 @@ def build_batch(items: list[Scored], slot: SlotVocabulary, belief_tokens: int, v
     for row, item in enumerate(items):
         if item.belief_advantage is not None:
             advantages[row, belief[row]] = item.belief_advantage
-    sign_ids, signs = slot.sign_tokens()
+    sign_ids, signs = slot.sign_tokens
     sign_column = torch.full((rows,), -1, dtype=torch.long)
     sign_advantages = torch.zeros((rows, len(sign_ids)))
     for row, item in enumerate(items):
+        if item.flipped_advantage is None:
+            continue
         column = number_start(slot, belief_tokens, item.completion_ids)
-        if item.flipped_advantage is None or column >= len(item.completion_ids) or item.completion_ids[column] not in sign_ids or not item.trainable[column]:
+        if column >= len(item.completion_ids) or item.completion_ids[column] not in sign_ids or not item.trainable[column]:
             continue
         sampled = signs[sign_ids.index(item.completion_ids[column])]
         sign_column[row] = column
