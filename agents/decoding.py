@@ -1,42 +1,33 @@
-"""The forced decision slot: free-text belief, then `Decision: <number>` by constrained decoding.
+"""The forced decision slot: a free-text belief, then `Decision: <number>`, imposed token by token.
 
 SmolLM2-135M, asked for free-form output, wrote a parseable decision only a third of the time. So
-the model is never *asked* to produce the format; the format is imposed token by token in one
-`generate` call by `DecisionSlotProcessor`, a logits processor with one small state machine per
-sequence:
+the model is never *asked* to produce the format; the format is imposed while decoding:
 
-1. BELIEF — free text at the agent's own temperature. End-of-sequence tokens are banned (the
-   belief must hand over to the decision), and so are newlines for the first few tokens. The belief
-   ends at the first token that contains a newline, or when its token budget is spent.
-2. MARKER — the tokens of `Decision: ` are forced (after `\\n` if the budget cut the belief short).
-3. NUMBER — only tokens that keep the text a prefix of a *signed* number in [-10, 10] with at
-   most one decimal are allowed (`+2.5`, `-3`, `+0`); end-of-sequence is allowed once the text is
-   a complete number. The number is sampled from the model's own distribution over what is
-   allowed, at the agent's temperature, so the decision stays a stochastic policy that RL can
-   shape. The sign is always written, so a short is one token away, as a long is: with the sign
-   optional SmolLM2-135M began every number with a digit and never went short (0 of 96 decisions
-   on the learning benchmark's seed-3 train dates), which left half the action space out of the
-   policy's reach; a policy gradient cannot raise a probability that is never sampled. With the
-   sign required, 10 % of its decisions on seeds 3 and 4's train dates are short.
-4. DONE — end-of-sequence only.
+1. BELIEF: free text at the agent's own temperature. End-of-sequence tokens are banned (the
+   belief must hand over to the decision), and so are newlines for the first few tokens. The
+   belief ends at the first token that contains a newline, or when its token budget is spent.
+2. MARKER: the tokens of `Decision: ` are forced (after `\\n` if the budget cut the belief short).
+3. NUMBER: only tokens that keep the text a prefix of a *signed* number in [-10, 10] with at most
+   one decimal (`+2.5`, `-3`, `+0`), then one stop. The sign is always written, so a short is one
+   token away, as a long is: with the sign optional SmolLM2-135M never went short, and a policy
+   cannot learn a choice it never makes. The number is drawn from the exact distribution over
+   every spelling the slot allows (`agents/decision_tree.py`), at the agent's temperature.
 
-Every decision is therefore a valid number in range by construction. `parse_decision` still
-exists for text that did not come through the slot (truncated generations, other backends), and
-says why it fell back; those fallbacks are counted and stored.
+Every decision is therefore a valid number in range by construction. `parse_decision` exists for
+text that did not come through the slot (remote backends), and says why it fell back; those
+fallbacks are counted and stored. Temperature 0 is greedy for that row.
 
-Per-sequence temperature is applied here (generate's own temperature is left at 1.0), so agents
-with different temperatures share one batch; temperature 0 means greedy for that sequence.
+This module holds what the slot knows about a tokenizer (`SlotVocabulary`), the belief's rules
+(`belief_bans`), and the replay of a finished completion into its parts (`split_tokens`).
 """
 
 from __future__ import annotations
 
-import math
 import re
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 
 import torch
-from transformers import LogitsProcessor, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 DECISION_MIN, DECISION_MAX = -10.0, 10.0
 MARKER = "Decision: "
@@ -57,14 +48,13 @@ def _complete_numbers() -> set[str]:
 
 COMPLETE_NUMBERS = frozenset(_complete_numbers())
 NUMBER_PREFIXES = frozenset(spelling[:i] for spelling in COMPLETE_NUMBERS for i in range(len(spelling) + 1))
-MAX_NUMBER_TOKENS = max(len(spelling) for spelling in COMPLETE_NUMBERS)
 
 
 @dataclass(frozen=True)
 class SlotVocabulary:
     """What the slot needs to know about one tokenizer, computed once per model."""
 
-    marker_ids: tuple[int, ...]            # `Decision: ` after a newline
+    marker_ids: tuple[int, ...]            # `Decision: ` after a belief that ended with a newline
     newline_marker_ids: tuple[int, ...]    # `\nDecision: ` when the belief budget ran out
     stop_ids: tuple[int, ...]              # end-of-sequence tokens
     newline_ids: frozenset[int]            # every token whose text contains a newline
@@ -86,149 +76,43 @@ class SlotVocabulary:
             number_tokens={i: text for i, text in enumerate(texts) if text and set(text) <= _NUMBER_CHARS},
         )
 
-    def max_new_tokens(self, belief_tokens: int) -> int:
-        return belief_tokens + len(self.newline_marker_ids) + MAX_NUMBER_TOKENS + 1
+    def marker_after(self, belief_ids: list[int]) -> tuple[int, ...]:
+        """The marker that follows a belief: `Decision: ` after a newline, else `\\nDecision: `."""
+        return self.marker_ids if belief_ids and belief_ids[-1] in self.newline_ids else self.newline_marker_ids
 
-    @cached_property
-    def sign_tokens(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """The tokens a number may begin with (`+`, `-`, or a token such as `+1` in a tokenizer
-        that has one) and the sign each one writes (+1 or -1), in token order; computed once."""
-        first = sorted((token, 1 if text[0] == "+" else -1) for token, text in self.number_tokens.items()
-                       if text in NUMBER_PREFIXES and text[0] in "+-")
-        return tuple(token for token, _ in first), tuple(sign for _, sign in first)
+    def belief_ends(self, token: int, length: int, budget: int) -> bool:
+        """Whether a belief of `length` tokens whose last token is `token` is finished."""
+        return token in self.newline_ids or length >= budget
 
 
-BELIEF, MARKER_PHASE, NUMBER, DONE = "belief", "marker", "number", "done"
-
-
-@dataclass
-class SlotState:
-    """Where one sequence is in belief -> marker -> number -> done."""
-
-    vocabulary: SlotVocabulary
-    belief_budget: int
-    phase: str = BELIEF
-    belief_tokens: int = 0
-    forced: list[int] = field(default_factory=list)  # marker tokens still to force
-    number: str = ""
-
-    def advance(self, token: int) -> str:
-        """Consume one generated token; return the phase it was generated in."""
-        phase, vocabulary = self.phase, self.vocabulary
-        if phase == BELIEF:
-            self.belief_tokens += 1
-            if token in vocabulary.newline_ids:
-                self.phase, self.forced = MARKER_PHASE, list(vocabulary.marker_ids)
-            elif self.belief_tokens >= self.belief_budget:
-                self.phase, self.forced = MARKER_PHASE, list(vocabulary.newline_marker_ids)
-        elif phase == MARKER_PHASE:
-            self.forced.pop(0)
-            if not self.forced:
-                self.phase = NUMBER
-        elif phase == NUMBER:
-            if token in vocabulary.stop_ids:
-                self.phase = DONE
-            else:
-                self.number += vocabulary.number_tokens.get(token, "")
-        return phase
-
-    def allowed(self) -> list[int] | None:
-        """Tokens allowed next, or None for free belief text."""
-        if self.phase == BELIEF:
-            return None
-        if self.phase == MARKER_PHASE:
-            return [self.forced[0]]
-        if self.phase == NUMBER:
-            allowed = [token for token, text in self.vocabulary.number_tokens.items() if self.number + text in NUMBER_PREFIXES]
-            if self.number in COMPLETE_NUMBERS or not allowed:
-                allowed += list(self.vocabulary.stop_ids)
-            return allowed
-        return list(self.vocabulary.stop_ids)
-
-
-class DecisionSlotProcessor(LogitsProcessor):
-    """Imposes belief -> `Decision: ` -> number on every row of a `generate` call.
-
-    `temperatures` has one entry per row of the batch. `phase=NUMBER` starts every row at the
-    number, for inputs that already end with a belief and the marker (`LLM.redecide`).
-    """
-
-    def __init__(self, vocabulary: SlotVocabulary, prompt_length: int, belief_tokens: int, temperatures: list[float], phase: str = BELIEF):
-        self.prompt_length = prompt_length
-        self.states = [SlotState(vocabulary, belief_tokens, phase=phase) for _ in temperatures]
-        self.stop_ids = torch.tensor(vocabulary.stop_ids)
-        self.newline_ids = torch.tensor(sorted(vocabulary.newline_ids))
-        self.temperatures = torch.tensor(temperatures, dtype=torch.float32).clamp_min(1e-6)[:, None]
-        self.greedy = torch.tensor([t == 0.0 for t in temperatures])
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if input_ids.shape[1] > self.prompt_length:
-            for state, token in zip(self.states, input_ids[:, -1].tolist()):
-                state.advance(token)
-        scores = scores.float()
-        device = scores.device
-        # One mask for the whole batch: a few tensor ops per token, whatever the batch size.
-        banned = torch.zeros_like(scores, dtype=torch.bool)
-        constrained_rows, constrained_ids, young_rows = [], [], []
-        for row, state in enumerate(self.states):
-            allowed = state.allowed()
-            if allowed is None:  # free belief text: no ending yet, no newline too early
-                if state.belief_tokens < MIN_BELIEF_TOKENS:
-                    young_rows.append(row)
-            else:
-                constrained_rows.append(row)
-                constrained_ids.append(allowed)
-        banned[:, self.stop_ids.to(device)] = True
-        if young_rows:
-            banned[torch.tensor(young_rows, device=device)[:, None], self.newline_ids.to(device)] = True
-        if constrained_rows:
-            rows = torch.tensor([r for r, ids in zip(constrained_rows, constrained_ids) for _ in ids], device=device)
-            ids = torch.tensor([i for ids in constrained_ids for i in ids], device=device)
-            banned[torch.tensor(constrained_rows, device=device)] = True
-            banned[rows, ids] = False
-        scores = scores.masked_fill(banned, -math.inf) / self.temperatures.to(device)
-        greedy = self.greedy.to(device)
-        if greedy.any():
-            best = scores.argmax(dim=-1, keepdim=True)
-            one_hot = torch.full_like(scores, -math.inf).scatter_(1, best, 0.0)
-            scores = torch.where(greedy[:, None], one_hot, scores)
-        return scores
+def belief_bans(vocabulary: SlotVocabulary, vocab_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """[2, vocab] bool: row 0 the tokens banned at the first `MIN_BELIEF_TOKENS` belief positions
+    (stops and newlines), row 1 those banned later (stops)."""
+    bans = torch.zeros((2, vocab_size), dtype=torch.bool, device=device)
+    bans[:, list(vocabulary.stop_ids)] = True
+    bans[0, sorted(vocabulary.newline_ids)] = True
+    return bans
 
 
 @dataclass(frozen=True)
-class SlotTrace:
-    """A finished completion, split by phase."""
+class SlotParts:
+    """A finished completion's tokens, split where the slot switched phase."""
 
-    token_ids: list[int]       # up to and including the first stop token
-    trainable: list[bool]      # False for the forced marker tokens
     belief_ids: list[int]
-    number: str
-    finished: bool             # reached a stop token after a number
+    marker_ids: list[int]
+    number_ids: list[int]      # the number's tokens and its stop token
 
 
-def number_start(vocabulary: SlotVocabulary, belief_tokens: int, completion_ids: list[int]) -> int:
-    """Index of a completion's first number token: what comes before it is the belief and the marker."""
-    state = SlotState(vocabulary, belief_tokens)
+def split_tokens(vocabulary: SlotVocabulary, belief_budget: int, completion_ids: list[int]) -> SlotParts:
+    """Replay the slot over a completion's tokens: where the belief ended and the number began."""
+    length = 0
     for index, token in enumerate(completion_ids):
-        if state.phase == NUMBER:
-            return index
-        state.advance(token)
-    return len(completion_ids)
-
-
-def trace_completion(vocabulary: SlotVocabulary, belief_tokens: int, generated: list[int]) -> SlotTrace:
-    """Replay the slot over generated ids (pads after the stop token are dropped)."""
-    state = SlotState(vocabulary, belief_tokens)
-    kept, trainable, belief_ids = [], [], []
-    for token in generated:
-        if state.phase == DONE:
-            break
-        phase = state.advance(token)
-        kept.append(token)
-        trainable.append(phase != MARKER_PHASE)
-        if phase == BELIEF:
-            belief_ids.append(token)
-    return SlotTrace(kept, trainable, belief_ids, state.number, state.phase == DONE)
+        length += 1
+        if vocabulary.belief_ends(token, length, belief_budget):
+            belief = list(completion_ids[: index + 1])
+            marker = list(vocabulary.marker_after(belief))
+            return SlotParts(belief, marker, list(completion_ids[index + 1 + len(marker):]))
+    return SlotParts(list(completion_ids), [], [])
 
 
 _NUMBER_AFTER_MARKER = re.compile(r"Decision:\s*([+-]?\d+(?:\.\d+)?)")

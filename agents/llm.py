@@ -9,8 +9,11 @@
 - a Hugging Face model folder (config.json + weights), e.g. a downloaded Qwen2.5-1.5B;
 - a hub id (`org/name`), loaded through the normal hub cache when the machine can reach it.
 
-`generate` runs every request of a step through `DecisionSlotProcessor` in batches; each row may
-name its own adapter (PEFT mixed-adapter batches), so agents never see each other's weights.
+`generate` answers every request of a step in batches, with its own sampling loop (no
+`model.generate`, whose settings a model folder's `generation_config.json` would fill in): a seeded
+draw from exactly the distribution that training scores, the decoding's temperature and the
+slot's rules and nothing else (no repetition penalty, no top-k or top-p). Each row may name its
+agent, whose adapter it then runs with (`agents/lora.py`), so agents never see each other's weights.
 """
 
 from __future__ import annotations
@@ -20,15 +23,19 @@ import importlib.util
 import os
 import re
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LogitsProcessorList
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
-from agents.decoding import MAX_NUMBER_TOKENS, NUMBER, DecisionSlotProcessor, SlotVocabulary, left_pad, number_start, parse_decision, trace_completion, MARKER
+from agents.decision_tree import DecisionTree
+from agents.decoding import MIN_BELIEF_TOKENS, SlotVocabulary, belief_bans
+from agents.lora import LoraSpec, StackedAdapters
+from agents.scoring import BANNED_LOGIT, slot_pass, tree_layout
 from agents.device import resolve_device, resolve_dtype
-from simulation.errors import ModelPathError
+from core.errors import ModelPathError
 
 PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -49,14 +56,16 @@ class Completion:
 
     prompt: str
     prompt_ids: list[int]
-    completion_ids: list[int]
+    completion_ids: list[int]      # belief, marker, number, stop
     trainable: list[bool]          # tokens this completion chose: False for the forced `Decision: `
-                                   # (and, after `LLM.redecide`, for the belief it was given)
     completion: str
     belief: str
     decision_depth: float
-    fallback_reason: str | None
+    fallback_reason: str | None    # always None from the slot; remote backends may fall back
     latency_s: float
+    expected_decision: float | None = None   # E[d] under the slot's exact distribution
+    decision_std: float | None = None        # its standard deviation
+    outcome_logprobs: tuple[float, ...] | None = None  # log π of every spelling (DecisionTree.outcomes)
 
 
 def resolve_source(path: str, gguf_file: str | None = None, key: str = "model.path") -> ModelSource:
@@ -147,7 +156,7 @@ def _load_weights(source: ModelSource, sha256: str, dtype: torch.dtype):
 
 
 class LLM:
-    """A causal LM with its tokenizer, the decision slot and per-agent adapters."""
+    """A causal LM with its tokenizer, the decision slot and, once attached, every agent's adapter."""
 
     def __init__(self, tokenizer, model, source: ModelSource, sha256: str, device: torch.device, dtype: torch.dtype):
         self.tokenizer, self.model, self.source, self.sha256 = tokenizer, model, source, sha256
@@ -155,7 +164,19 @@ class LLM:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "left"  # decoder-only batches pad on the left
+        tokenizer.truncation_side = "left"
+        self.pad_id = tokenizer.pad_token_id
         self.slot = SlotVocabulary.from_tokenizer(tokenizer)
+        self.tree = DecisionTree.from_vocabulary(self.slot)
+        self.decoder = model.get_decoder()
+        self.adapters: StackedAdapters | None = None
+        head_rows = model.get_output_embeddings().weight.shape[0]
+        self.belief_bans = belief_bans(self.slot, head_rows, device)  # [2, vocab]: see agents.decoding.belief_bans
+        self.belief_bans[:, len(tokenizer):] = True  # rows of a padded LM head that no token owns
+        self.hidden_size = model.config.hidden_size
+        self.layer_count = model.config.num_hidden_layers
+        for param in model.parameters():
+            param.requires_grad_(False)
         self.model.eval()
 
     @classmethod
@@ -173,6 +194,48 @@ class LLM:
         device = next(model.parameters()).device
         return cls(tokenizer, model, ModelSource(model_id, model_id, None), "none", device, next(model.parameters()).dtype)
 
+    def attach_adapters(self, agents: int, spec: LoraSpec) -> StackedAdapters:
+        """Give every agent 0..agents-1 a fresh adapter (outputs stay the base model's until trained)."""
+        self.adapters = StackedAdapters(self.model, agents, spec)
+        return self.adapters
+
+    def route(self, rows):
+        """Forward passes inside the block run row i with agent rows[i]'s adapter (None: the base model)."""
+        return self.adapters.route(rows) if self.adapters is not None and rows is not None else nullcontext()
+
+    def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, cache=None, rows=None):
+        """The decoder's final hidden states and the grown key/value cache. `attention_mask` is
+        [rows, keys] (1 = real token) or a ready 4-D additive mask."""
+        cache = cache if cache is not None else DynamicCache(config=self.model.config)
+        with self.route(rows):
+            output = self.decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache, use_cache=True)
+        return output.last_hidden_state, output.cache
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.decoder.embed_tokens(input_ids)
+
+    def run_layers(self, hidden: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, start: int, stop: int, rows=None) -> torch.Tensor:
+        """Decoder layers start..stop-1 on hidden states, without a cache; `attention_mask` is a
+        4-D additive mask. `run_layers(embed(ids), mask, positions, 0, layer_count)` followed by
+        `norm` is the decoder's own forward (Llama-family decoders: Llama, Qwen2, Mistral)."""
+        embeddings = self.decoder.rotary_emb(hidden, position_ids)
+        with self.route(rows):
+            for layer in self.decoder.layers[start:stop]:
+                hidden = layer(hidden, attention_mask=attention_mask, position_ids=position_ids, position_embeddings=embeddings)
+        return hidden
+
+    def norm(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.decoder.norm(hidden)
+
+    def head(self, hidden: torch.Tensor, tokens: tuple[int, ...] | None = None) -> torch.Tensor:
+        """fp32 logits of `tokens` (default: the whole vocabulary) from final hidden states."""
+        head = self.model.get_output_embeddings()
+        weight = head.weight if tokens is None else head.weight[list(tokens)]
+        logits = hidden @ weight.T
+        if getattr(head, "bias", None) is not None:
+            logits = logits + (head.bias if tokens is None else head.bias[list(tokens)])
+        return logits.float()
+
     def chat_prompt(self, system: str, user: str) -> str:
         messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
         if self.tokenizer.chat_template:
@@ -183,83 +246,134 @@ class LLM:
         self,
         prompts: list[str],
         temperatures: list[float],
-        adapters: list[str] | None = None,
+        agents: list[int] | None = None,
         *,
         belief_tokens: int = 32,
         max_prompt_tokens: int = 768,
         batch_size: int = 32,
         seed: int = 0,
+        decision_temperatures: list[float] | None = None,
+        exact: bool = True,
     ) -> list[Completion]:
-        """Belief + forced decision for every prompt, in batches; row i uses adapters[i] if given.
+        """Belief + forced decision for every prompt, in batches; row i runs as agents[i] if given.
 
-        Sampling is seeded per batch from `seed`, so the same inputs give the same completions.
+        The belief is sampled at `temperatures[i]`, the decision from the slot's distribution at
+        `decision_temperatures[i]` (default: the same); 0 is greedy. With `exact` the whole
+        distribution is computed in one tree pass (`expected_decision`, `decision_std` and
+        `outcome_logprobs` are filled in) and the decision drawn from it; without, the number is
+        drawn token by token from the same per-branch choices, at a fraction of the cost. Sampling
+        is seeded per batch from `seed`, so the same inputs give the same completions.
         """
+        decision_temperatures = decision_temperatures if decision_temperatures is not None else temperatures
         completions: list[Completion] = []
         for start in range(0, len(prompts), batch_size):
             stop = start + batch_size
             completions += self._generate_batch(
-                prompts[start:stop], temperatures[start:stop], adapters[start:stop] if adapters else None,
-                belief_tokens, max_prompt_tokens, seed + start,
+                prompts[start:stop], temperatures[start:stop], decision_temperatures[start:stop], agents[start:stop] if agents is not None else None,
+                belief_tokens, max_prompt_tokens, seed + start, exact,
             )
         return completions
 
     @torch.no_grad()
-    def _generate_batch(self, prompts, temperatures, adapters, belief_tokens, max_prompt_tokens, seed) -> list[Completion]:
-        tokenizer = self.tokenizer
-        tokenizer.truncation_side = "left"
-        encoded = tokenizer(prompts, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_tokens, add_special_tokens=False).to(self.device)
-        processor = DecisionSlotProcessor(self.slot, encoded.input_ids.shape[1], belief_tokens, list(temperatures))
-        output, latency = self._sample(encoded.input_ids, encoded.attention_mask, processor, self.slot.max_new_tokens(belief_tokens), adapters, seed)
-        results = []
-        for row, prompt in enumerate(prompts):
-            prompt_ids = encoded.input_ids[row][encoded.attention_mask[row].bool()].tolist()
-            results.append(self._completion(prompt, prompt_ids, output[row].tolist(), [], belief_tokens, latency))
-        return results
-
-    def redecide(self, answers: list[Completion], temperatures: list[float], adapters: list[str] | None = None, *, belief_tokens: int = 32, batch_size: int = 32, seed: int = 0) -> list[Completion]:
-        """A fresh decision after each answer's own belief: the prompt, belief and marker are kept
-        and only the number is sampled again (row i on adapters[i] if given). In the result the
-        belief tokens are not `trainable`: this completion did not choose them.
-
-        Seeded per batch from `seed`, as `generate`.
-        """
-        results: list[Completion] = []
-        for start in range(0, len(answers), batch_size):
-            stop = start + batch_size
-            results += self._redecide_batch(answers[start:stop], temperatures[start:stop], adapters[start:stop] if adapters else None, belief_tokens, seed + start)
-        return results
-
-    @torch.no_grad()
-    def _redecide_batch(self, answers, temperatures, adapters, belief_tokens, seed) -> list[Completion]:
-        prefixes = [answer.completion_ids[:number_start(self.slot, belief_tokens, answer.completion_ids)] for answer in answers]
-        inputs = [answer.prompt_ids + prefix for answer, prefix in zip(answers, prefixes)]
-        input_ids, attention_mask = left_pad(inputs, self.tokenizer.pad_token_id)
-        processor = DecisionSlotProcessor(self.slot, input_ids.shape[1], belief_tokens, list(temperatures), phase=NUMBER)
-        output, latency = self._sample(input_ids.to(self.device), attention_mask.to(self.device), processor, MAX_NUMBER_TOKENS + 1, adapters, seed)
-        return [self._completion(answer.prompt, answer.prompt_ids, prefix + output[row].tolist(), [False] * len(prefix), belief_tokens, latency)
-                for row, (answer, prefix) in enumerate(zip(answers, prefixes))]
-
-    def _sample(self, input_ids, attention_mask, processor, max_new_tokens, adapters, seed) -> tuple[torch.Tensor, float]:
-        """One seeded `generate` call under the slot: (output ids from the input's end, seconds per row)."""
-        config = GenerationConfig(
-            do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
-            pad_token_id=self.tokenizer.pad_token_id, eos_token_id=list(self.slot.stop_ids),
-        )
-        extra = {"adapter_names": adapters} if adapters is not None else {}
-        torch.manual_seed(seed)
+    def _generate_batch(self, prompts, temperatures, decision_temperatures, agents, belief_tokens, max_prompt_tokens, seed, exact) -> list[Completion]:
         started = time.perf_counter()
-        output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config, logits_processor=LogitsProcessorList([processor]), **extra)
-        return output[:, input_ids.shape[1]:], (time.perf_counter() - started) / input_ids.shape[0]
+        encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_tokens, add_special_tokens=False)
+        mask = encoded.attention_mask
+        hidden, cache = self.run(encoded.input_ids.to(self.device), mask.to(self.device), ((mask.cumsum(-1) - 1).clamp(min=0)).to(self.device), rows=agents)
+        generator = torch.Generator().manual_seed(seed)
+        beliefs, cache_mask, next_positions = self._sample_beliefs(hidden[:, -1], cache, mask, temperatures, agents, belief_tokens, generator)
+        suffixes = [[belief[-1], *self.slot.marker_after(belief)] for belief in beliefs]
+        decision_scale = torch.tensor(decision_temperatures, dtype=torch.float32)
+        greedy = decision_scale == 0
+        if exact:
+            logprobs = slot_pass(self, cache, cache_mask, next_positions, suffixes, agents, decision_scale).cpu()
+            drawn = torch.multinomial(logprobs.exp(), 1, generator=generator).squeeze(1)
+            outcomes = torch.where(greedy, logprobs.argmax(-1), drawn).tolist()
+            values = torch.tensor(self.tree.outcome_values)
+            expected = logprobs.exp() @ values
+            spread = (logprobs.exp() @ values.square() - expected.square()).clamp(min=0).sqrt()
+        else:
+            outcomes = self._sample_numbers(cache, cache_mask, next_positions, suffixes, agents, decision_scale, generator)
+            logprobs = expected = spread = None
+        latency = (time.perf_counter() - started) / len(prompts)
+        results = []
+        for row, (prompt, belief, outcome) in enumerate(zip(prompts, beliefs, outcomes)):
+            marker = list(self.slot.marker_after(belief))
+            number = self.tree.path_tokens(outcome)
+            completion_ids = belief + marker + number
+            results.append(Completion(
+                prompt=prompt, prompt_ids=encoded.input_ids[row][mask[row].bool()].tolist(), completion_ids=completion_ids,
+                trainable=[True] * len(belief) + [False] * len(marker) + [True] * len(number),
+                completion=self.tokenizer.decode(completion_ids, skip_special_tokens=True),
+                belief=self.tokenizer.decode(belief, skip_special_tokens=True).strip(),
+                decision_depth=self.tree.outcome_values[outcome], fallback_reason=None, latency_s=latency,
+                expected_decision=float(expected[row]) if exact else None, decision_std=float(spread[row]) if exact else None,
+                outcome_logprobs=tuple(logprobs[row].tolist()) if exact else None,
+            ))
+        return results
 
-    def _completion(self, prompt: str, prompt_ids: list[int], generated: list[int], given: list[bool], belief_tokens: int, latency: float) -> Completion:
-        """The Completion of a belief-and-decision token stream (pads after the stop are dropped);
-        `given` marks its first tokens as not chosen by this completion."""
-        trace = trace_completion(self.slot, belief_tokens, generated)
-        trainable = given + trace.trainable[len(given):]
-        text = self.tokenizer.decode(trace.token_ids, skip_special_tokens=True)
-        belief = self.tokenizer.decode(trace.belief_ids, skip_special_tokens=True).strip()
-        decision, reason = parse_decision(text if trace.finished else text.removesuffix(MARKER))
-        return Completion(prompt, prompt_ids, trace.token_ids, trainable, text, belief, decision, reason, latency)
+    def _sample_beliefs(self, last_hidden, cache, prompt_mask, temperatures, agents, budget, generator):
+        """Sample every row's belief token by token under the slot's rules. A row's last belief
+        token is never fed (the decision pass feeds it with the marker), so every row's cache
+        ends where its belief's last token would go. Returns (beliefs, cache mask, next positions)."""
+        rows = len(temperatures)
+        scale = torch.tensor(temperatures, dtype=torch.float32).clamp_min(1e-6)[:, None]
+        greedy = torch.tensor(temperatures) == 0
+        beliefs: list[list[int]] = [[] for _ in range(rows)]
+        alive = [True] * rows
+        cache_mask, next_positions = prompt_mask.clone(), prompt_mask.sum(-1)
+        logits = self.head(last_hidden)
+        for step in range(budget):
+            banned = self.belief_bans[0 if step < MIN_BELIEF_TOKENS else 1]
+            scores = (logits.masked_fill(banned, BANNED_LOGIT).cpu() / scale)
+            drawn = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator).squeeze(1)
+            tokens = torch.where(greedy, scores.argmax(-1), drawn).tolist()
+            for row, token in enumerate(tokens):
+                if alive[row]:
+                    beliefs[row].append(token)
+                    alive[row] = not self.slot.belief_ends(token, len(beliefs[row]), budget)
+            if not any(alive):
+                break
+            fed = torch.tensor(alive, dtype=torch.long)
+            feed = torch.tensor([token if live else self.pad_id for token, live in zip(tokens, alive)])
+            cache_mask = torch.cat([cache_mask, fed[:, None]], dim=1)
+            hidden, cache = self.run(feed[:, None].to(self.device), cache_mask.to(self.device), next_positions[:, None].to(self.device), cache, agents)
+            next_positions = next_positions + fed
+            logits = self.head(hidden[:, -1])
+        return beliefs, cache_mask, next_positions
+
+    def _sample_numbers(self, cache, cache_mask, next_positions, suffixes, agents, temperatures, generator) -> list[int]:
+        """Each row's number drawn branch by branch down the decision tree (the same choices
+        `DecisionTree.outcome_logprobs` multiplies); returns each row's outcome index."""
+        tree = self.tree
+        layout = tree_layout(self, suffixes, cache_mask, next_positions, with_tree=False)
+        hidden, cache = self.run(layout.ids, layout.mask, layout.positions, cache=cache, rows=agents)
+        last = hidden[torch.arange(len(suffixes), device=self.device), (layout.lengths - 1).to(self.device)]
+        real = (torch.arange(layout.span)[None, :] < layout.lengths[:, None]).long()
+        cache_mask, next_positions = torch.cat([cache_mask, real], dim=1), next_positions + layout.lengths
+        nodes, done = [0] * len(suffixes), [False] * len(suffixes)
+        while True:
+            branches = torch.tensor([tree.branch_of.get(node, 0) for node in nodes])[:, None]
+            logprobs = tree.option_logprobs(self.head(last[:, None], tree.head_tokens), branches, temperatures).squeeze(1).cpu()
+            drawn = torch.multinomial(logprobs.exp(), 1, generator=generator).squeeze(1)
+            options = torch.where(temperatures == 0, logprobs.argmax(-1), drawn).tolist()
+            for row, option in enumerate(options):
+                child = None if done[row] else tree.follow(int(branches[row]), option)
+                if child is None:
+                    done[row] = True  # it stopped (or had stopped)
+                else:
+                    nodes[row] = child
+                    done[row] = child not in tree.branch_of  # a leaf: only the stop remains
+            if all(done):
+                break
+            fed = torch.tensor([0 if finished else 1 for finished in done])
+            feed = torch.tensor([self.pad_id if finished else tree.nodes[node].token for node, finished in zip(nodes, done)])
+            cache_mask = torch.cat([cache_mask, fed[:, None]], dim=1)
+            hidden, cache = self.run(feed[:, None].to(self.device), cache_mask.to(self.device), next_positions[:, None].to(self.device), cache, agents)
+            next_positions = next_positions + fed
+            last = hidden[:, -1]
+        outcome = {node: index for index, node in enumerate(tree.outcomes)}
+        return [outcome[node] for node in nodes]
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)

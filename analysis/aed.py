@@ -96,11 +96,13 @@ def measure_aed(
 
 
 def aed_rows(
-    result: AEDResult, beliefs: Sequence[Sequence[str]], embedder: str
+    result: AEDResult, beliefs: Sequence[Sequence[str]], embedder: str, sampled: np.ndarray | None = None
 ) -> dict[str, list[dict]]:
     """Rows for the tables `aed`, `aed_agents` and `aed_probes`, keyed by column name.
 
-    `beliefs[k][i]` is agent i's belief text on probe k. Drift is None (SQL NULL) at the first
+    `beliefs[k][i]` is agent i's belief text on probe k; `result.decisions` are the decisions AED
+    measured (the simulation passes each agent's exact expected decision) and `sampled`, if
+    given, one sampled decision per probe and agent. Drift is None (SQL NULL) at the first
     measurement.
     """
     n_probes, n_agents = result.decisions.shape
@@ -133,7 +135,8 @@ def aed_rows(
                 "probe": probe,
                 "agent_id": agent,
                 "belief": beliefs[probe][agent],
-                "decision_depth": float(result.decisions[probe, agent]),
+                "decision_depth": None if sampled is None else float(sampled[probe, agent]),
+                "expected_decision": float(result.decisions[probe, agent]),
             }
             for probe in range(n_probes)
             for agent in agents

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simulation.errors import ModelPathError
+from core.errors import ModelPathError
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 DEFAULT_KEY = "default"  # the value of `aed.embedder` that selects DEFAULT_EMBEDDER

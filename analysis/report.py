@@ -35,7 +35,7 @@ from analysis.plots import (
 )
 from analysis.rundb import has_rows, open_run_db, resolve_run_db
 from analysis.stylized_facts import SP500_LABEL, sp500_sample, stylized_facts, stylized_facts_table
-from simulation.errors import UserError
+from core.errors import UserError
 
 REPORT_FILE = "report.html"
 NOT_MEASURED = "not measured in this run"
@@ -47,8 +47,9 @@ NOTES = {
     "learning": "Per group and training-phase window; cumulative reward is the group's average "
     "agent.",
     "facts": "Simulated returns of each run beside the real S&P 500 daily returns.",
-    "training": "Per phase; loss, KL, reward and grad norm are means over agents, samples and "
-    "seconds are sums.",
+    "training": "Per phase; epochs, held-back pay (exact expected standardised pay on the phase's "
+    "held-back states, before and after), KLs, text share and reward are means over agents; samples "
+    "and seconds are sums.",
     "beliefs": f"First and last step, first two agents of each group, first asset; beliefs cut at "
     f"{BELIEF_CHARS} characters.",
 }
@@ -66,9 +67,10 @@ SECTIONS = {
 
 TRAINING_SQL = """
 SELECT phase, min(step) AS step, count(*) AS agents, sum(samples) AS samples,
-       avg(loss) AS loss, avg(kl) AS kl, avg(reward_mean) AS reward_mean,
-       avg(grad_norm) AS grad_norm, avg(belief_kl) AS belief_kl,
-       avg(belief_text_share) AS belief_text_share, sum(seconds) AS seconds
+       avg(epochs) AS epochs, avg(kept_epoch) AS kept_epoch,
+       avg(heldout_pay_before) AS heldout_pay_before, avg(heldout_pay_after) AS heldout_pay_after,
+       avg(decision_kl) AS decision_kl, avg(belief_kl) AS belief_kl,
+       avg(belief_text_share) AS belief_text_share, avg(reward_mean) AS reward_mean, sum(seconds) AS seconds
 FROM training GROUP BY phase ORDER BY phase
 """
 AED_SQL = """

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import duckdb
 
-from simulation.errors import UserError
+from core.errors import UserError
 
 RUN_DB_FILE = "run.duckdb"
 

@@ -3,7 +3,10 @@
 The probe set is K dates spread evenly over the run's dates (times each asset), fixed for the
 whole run. At a measurement every agent sees each probe state as it would have then (its own
 categories, the data's fundamental price, no news, no memory) and answers greedily, with its
-current adapter. Decisions and belief embeddings go to `analysis.aed`; drift is taken against the
+current adapter. AED's decision dispersion is taken over each agent's exact expected decision
+after its greedy belief, at its own temperature (a greedy answer reads only the distribution's
+mode, which barely moves); the sampled decision is stored beside it. Decisions and belief
+embeddings go to `analysis.aed`; drift is taken against the
 previous measurement, which is read back from the database so a resumed run measures the same.
 """
 
@@ -24,6 +27,7 @@ class AEDMeasurement:
     result: AEDResult
     beliefs: list[list[str]]
     embedder: str
+    sampled: np.ndarray
 
     @property
     def aed_decision(self) -> float:
@@ -34,7 +38,7 @@ class AEDMeasurement:
         return self.result.aed_belief
 
     def insert_into(self, store) -> None:
-        for table, rows in aed_rows(self.result, self.beliefs, self.embedder).items():
+        for table, rows in aed_rows(self.result, self.beliefs, self.embedder, self.sampled).items():
             store.insert(table, rows)
 
 
@@ -52,8 +56,9 @@ class AEDMeter:
             self._embedder = load_embedder(self.config.embedder)
         return self._embedder
 
-    def answers(self, model) -> tuple[np.ndarray, list[list[str]]]:
-        """Every agent's greedy (decision, belief) on every probe: shapes (K, N) and K x N.
+    def answers(self, model) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
+        """Every agent's expected decision, sampled decision and greedy belief on every probe:
+        shapes (K, N), (K, N) and K x N.
 
         All probes go through the model as one batch (greedy, so the step passed for seeding is
         immaterial); rows are then split back per probe and asset."""
@@ -62,20 +67,21 @@ class AEDMeter:
             prices = {asset: float(model.fundamental.loc[date, asset]) for asset in model.assets}
             per_probe.append(model.gather_factors(probe_step, date, news={}, use_memory=False, prices=prices))
         completions = model.deliberate(self.probe_steps[0], [o for observations in per_probe for o in observations], greedy=True, seed_key="aed")
-        decisions, beliefs, start = [], [], 0
+        expected, sampled, beliefs, start = [], [], [], 0
         for observations in per_probe:
             probe_completions, start = completions[start:start + len(observations)], start + len(observations)
             for asset in model.assets:
                 rows = [c for o, c in zip(observations, probe_completions) if o.asset == asset]
-                decisions.append([c.decision_depth for c in rows])
+                expected.append([c.expected_decision for c in rows])
+                sampled.append([c.decision_depth for c in rows])
                 beliefs.append([c.belief for c in rows])
-        return np.array(decisions, dtype=float), beliefs
+        return np.array(expected, dtype=float), np.array(sampled, dtype=float), beliefs
 
     def measure(self, model, phase: int, step: int) -> AEDMeasurement:
-        decisions, beliefs = self.answers(model)
+        expected, sampled, beliefs = self.answers(model)
         previous = self._previous(model.store, phase)
-        result = measure_aed(phase, step, decisions, embed_beliefs(self.embedder, beliefs), previous)
-        return AEDMeasurement(result, beliefs, self.embedder.name)
+        result = measure_aed(phase, step, expected, embed_beliefs(self.embedder, beliefs), previous)
+        return AEDMeasurement(result, beliefs, self.embedder.name, sampled)
 
     def _previous(self, store, phase: int) -> AEDResult | None:
         """The last measurement before `phase`, rebuilt from the aed_probes table."""
@@ -83,9 +89,9 @@ class AEDMeter:
         if not len(earlier) or pd.isna(earlier.iloc[0]):
             return None
         last = int(earlier.iloc[0])
-        rows = store.query("SELECT probe, agent_id, belief, decision_depth FROM aed_probes WHERE phase = ? ORDER BY probe, agent_id", [last])
+        rows = store.query("SELECT probe, agent_id, belief, expected_decision FROM aed_probes WHERE phase = ? ORDER BY probe, agent_id", [last])
         n_probes, n_agents = rows["probe"].nunique(), rows["agent_id"].nunique()
-        decisions = rows["decision_depth"].to_numpy().reshape(n_probes, n_agents)
+        decisions = rows["expected_decision"].to_numpy().reshape(n_probes, n_agents)
         beliefs = rows["belief"].fillna("").to_numpy().reshape(n_probes, n_agents).tolist()
         step = int(store.scalar("SELECT step FROM aed WHERE phase = ?", [last]))
         return measure_aed(last, step, decisions, embed_beliefs(self.embedder, beliefs))

@@ -12,7 +12,7 @@ import os
 import sys
 import warnings
 
-from simulation.errors import UserError
+from core.errors import UserError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130

@@ -14,18 +14,12 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from simulation.errors import ScenarioError
-
+from core.errors import ScenarioError
+from core.schema import KeyedValueError, Section, Unit
 from market.data import CATEGORIES
-Unit = Annotated[float, Field(ge=0.0, le=1.0)]
-
-
-class Section(BaseModel):
-    """Every section forbids unknown keys, so a typo is an error rather than a silent default."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from training.config import REMOVED_KEYS as REMOVED_TRAINING_KEYS, TrainingConfig
 
 
 class RunConfig(Section):
@@ -126,39 +120,8 @@ class MarketConfig(Section):
     impact: float = Field(0.0, ge=0.0, le=1.0, description="Log-price move per unit of net demand (net demand is in [-1, 1]).")
     noise: float = Field(0.0, ge=0.0, le=0.5, description="Std of extra daily log-return noise.")
     initial_price: float = Field(100.0, gt=0.0, description="Price at step 0 (currency units).")
-
-
-class TrainingConfig(Section):
-    enabled: bool = Field(True, description="Run training phases (needs a trainable HF model).")
-    every: int = Field(20, ge=1, description="Steps between training phases.")
-    algorithm: Literal["reinforce", "hindsight_grpo"] = Field("reinforce", description="'reinforce': each agent's phase samples are one group (per-agent leave-one-out baseline); 'hindsight_grpo': G completions per past state, scored against that day's realised return. See training/rl.py.")
-    reward: Literal["linear", "risk_adjusted"] = Field("linear", description="'linear' = return * depth; 'risk_adjusted' subtracts a variance penalty scaled by risk preference.")
-    risk_aversion: float = Field(20.0, ge=0.0, description="lambda of the risk-adjusted reward; see training/rewards.py.")
-    excess_return: bool = Field(False, description="Learn from each sample's return minus the mean return of the agent's samples in the phase, so a trend in the window (which pays plain bullishness) drops out and only timing earns an advantage; the reward paid and stored is unchanged. See training/phase.py.")
-    decision_weight: float = Field(1.0, gt=0.0, le=100.0, description="Loss weight of each decision-number token relative to a belief token (1 = every chosen token alike). A belief has up to belief_tokens tokens and the number 4-5 (sign, digits, point, tenths), so at 1 the sign the market pays is ~5 % of each step's loss; see training/rl.py.")
-    expected_sign: bool = Field(False, description="Credit the decision's sign token with its exact expectation over both signs (the all-action policy gradient), the opposite sign scored in hindsight at the same depth, instead of through the one sign that was sampled: a group whose members all went long still learns whether short would have paid. See training/rl.py.")
-    reward_scale: float = Field(100.0, gt=0.0, description="Advantages are multiplied by this (returns are ~0.01); it sets the policy gradient's weight against kl_coef.")
-    lora_rank: int = Field(8, ge=1, le=256, description="Rank r of every agent's LoRA adapter.")
-    lora_alpha: float = Field(16.0, gt=0.0, description="LoRA scaling numerator: the update is (alpha / r) * B A.")
-    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input during updates.")
-    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1, description="Linear layers that get LoRA (attention by default; add gate_proj, up_proj, down_proj for the MLP).")
-    learning_rate: float = Field(2e-4, gt=0.0, le=1.0, description="AdamW learning rate.")
-    carry_optimizer: bool = Field(False, description="Keep each agent's AdamW moments from one phase to the next (saved as optimizer.pt beside its adapter, so a resumed run goes on exactly); off = a fresh optimizer every phase. See training/rl.py.")
-    kl_coef: float = Field(0.05, ge=0.0, description="Weight of the KL penalty to the base model (adapter off).")
-    kl_clamp: float | None = Field(None, gt=0.0, description="Cap on each token's k3 KL term in the loss (verl's low_var_kl uses 10); a token past it gets no KL gradient, so one far-drifted token cannot take a whole clipped step. None = no cap. The logged kl is never capped. See training/rl.py.")
-    clip_epsilon: float = Field(0.2, gt=0.0, lt=1.0, description="PPO-style clip of the probability ratio; only acts from the second epoch on.")
-    grad_clip: float = Field(1.0, gt=0.0, description="Max gradient norm of one agent's adapter per optimizer step.")
-    epochs: int = Field(1, ge=1, le=100, description="Passes over a phase's samples.")
-    max_samples: int = Field(6, ge=0, le=100_000, description="Most recent samples per agent a phase learns from; 0 = all since the last phase.")
-    group_size: int = Field(4, ge=2, le=64, description="Completions per past state (hindsight_grpo): the original plus group_size - 1 new ones.")
-    decision_samples: int = Field(1, ge=1, le=64, description="hindsight_grpo only: decisions sampled after each belief of a group (the belief held fixed). Above 1 a belief is credited with the mean reward of its decisions against the group's other beliefs, and a decision against the other decisions after the same belief; 1 = one advantage per completion. See training/rl.py.")
-    micro_batch: int = Field(3, ge=1, le=1024, description="Sequences per forward/backward pass; one optimizer step each.")
-
-    @model_validator(mode="after")
-    def _decision_samples_need_groups(self) -> TrainingConfig:
-        if self.decision_samples > 1 and self.algorithm != "hindsight_grpo":
-            raise _KeyedValueError("training.decision_samples", f"decision_samples = {self.decision_samples} needs algorithm = 'hindsight_grpo'", "set training.algorithm = 'hindsight_grpo' or training.decision_samples = 1")
-        return self
+    reward: Literal["linear", "risk_adjusted"] = Field("linear", description="The payoff rule: 'linear' = return * depth; 'risk_adjusted' subtracts a variance penalty scaled by risk preference (market/payoff.py).")
+    risk_aversion: float = Field(20.0, ge=0.0, description="lambda of the risk-adjusted payoff: reward = r*d - 0.5*lambda*(1-risk_preference)*d^2*var.")
 
 
 class AEDConfig(Section):
@@ -212,16 +175,8 @@ class Scenario(Section):
     def _events_inside_run(self) -> Scenario:
         for index, event in enumerate(self.events):
             if event.step >= self.run.steps:
-                raise _KeyedValueError(f"events[{index}].step", f"step {event.step} is after the last step ({self.run.steps - 1})", f"use a step below run.steps = {self.run.steps}")
+                raise KeyedValueError(f"events[{index}].step", f"step {event.step} is after the last step ({self.run.steps - 1})", f"use a step below run.steps = {self.run.steps}")
         return self
-
-
-class _KeyedValueError(ValueError):
-    """A cross-field check that knows which key is wrong."""
-
-    def __init__(self, key: str, problem: str, fix: str):
-        self.key, self.problem, self.fix = key, problem, fix
-        super().__init__(problem)
 
 
 def load_scenario(path: str | Path) -> Scenario:
@@ -247,10 +202,20 @@ def parse_scenario(text: str, file: str) -> Scenario:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ScenarioError(file, None, f"TOML syntax error: {error}", "fix the TOML syntax at that line") from None
+    _refuse_removed_keys(raw, file)
     try:
         return Scenario.model_validate(raw)
     except ValidationError as error:
         raise _scenario_error(file, error) from None
+
+
+def _refuse_removed_keys(raw: dict, file: str) -> None:
+    """Keys of earlier versions get a line that says what replaced them, not just 'unknown key'."""
+    training = raw.get("training")
+    if isinstance(training, dict):
+        for key, fix in REMOVED_TRAINING_KEYS.items():
+            if key in training:
+                raise ScenarioError(file, f"training.{key}", "this key was removed", fix)
 
 
 def _scenario_error(file: str, error: ValidationError) -> ScenarioError:
@@ -258,7 +223,7 @@ def _scenario_error(file: str, error: ValidationError) -> ScenarioError:
     more = error.error_count() - 1
     suffix = f" [{more} more problem{'s' if more > 1 else ''} after this one]" if more else ""
     cause = first.get("ctx", {}).get("error")
-    if isinstance(cause, _KeyedValueError):
+    if isinstance(cause, KeyedValueError):
         return ScenarioError(file, cause.key, cause.problem + suffix, cause.fix)
     key = _dotted(first["loc"])
     problem, fix = _explain(first, key)

@@ -26,9 +26,9 @@ from market.data import MarketData
 from market.factor_store import FactorStore
 from market.price import Clearing, clear
 from simulation.config import Scenario, NewsEvent, ShockEvent, ImpactEvent
-from simulation.seeding import child_seed
+from core.seeding import child_seed
 from simulation.store import RunStore
-from training.rewards import recent_variance, reward
+from market.payoff import recent_variance, reward
 
 
 @dataclass
@@ -129,14 +129,16 @@ class MarketModel(mesa.Model):
         return observations
 
     def deliberate(self, t: int, observations: list[Observation], greedy: bool = False, seed_key: str = "deliberate") -> list[Completion]:
-        """deliberate(t): every agent's prompt through the model in batches, own adapter per row."""
+        """deliberate(t): every agent's prompt through the model in batches, own adapter per row.
+        `greedy` writes greedy beliefs (AED probes); decisions keep the agent's own temperature."""
         model_config = self.scenario.model
         prompts = [self.llm.chat_prompt(o.system, o.user) for o in observations]
         temperatures = [0.0 if greedy else self.investors[o.agent_id].spec.temperature for o in observations]
-        adapters = [self.trainer.adapter_name(o.agent_id) for o in observations] if self.trainer else None
-        return self.llm.generate(prompts, temperatures, adapters, belief_tokens=model_config.belief_tokens,
+        decision_temperatures = [self.investors[o.agent_id].spec.temperature for o in observations]  # the agent's own policy, also on greedy probes
+        agents = [o.agent_id for o in observations] if self.trainer else None
+        return self.llm.generate(prompts, temperatures, agents, belief_tokens=model_config.belief_tokens,
                                  max_prompt_tokens=model_config.max_prompt_tokens, batch_size=model_config.batch_size,
-                                 seed=child_seed(self.master_seed, seed_key, t))
+                                 seed=child_seed(self.master_seed, seed_key, t), decision_temperatures=decision_temperatures)
 
     def clear(self, t: int, next_date: pd.Timestamp, observations: list[Observation], completions: list[Completion], shocks: dict[str, float]) -> dict[str, Clearing]:
         """clear(t): net demand per asset moves its price to t+1."""
@@ -151,13 +153,13 @@ class MarketModel(mesa.Model):
 
     def settle(self, t: int, date: pd.Timestamp, observations: list[Observation], completions: list[Completion], clearings: dict[str, Clearing]) -> list[dict]:
         """settle(t+1): pay every decision its reward; agents update wealth and memory."""
-        training = self.scenario.training
+        market = self.scenario.market
         rows = []
         for observation, completion in zip(observations, completions):
             agent = self.investors[observation.agent_id]
             realised = clearings[observation.asset].simulated_return
-            paid = reward(training.reward, realised, completion.decision_depth, risk_preference=agent.spec.persona.risk_preference,
-                          risk_aversion=training.risk_aversion, recent_variance=self.variance_at(date, observation.asset))
+            paid = reward(market.reward, realised, completion.decision_depth, risk_preference=agent.spec.persona.risk_preference,
+                          risk_aversion=market.risk_aversion, recent_variance=self.variance_at(date, observation.asset))
             agent.settle(date=str(date.date()), belief=completion.belief, decision_depth=completion.decision_depth, realised_return=realised, reward=paid)
             rows.append(decision_row(t, date, observation, completion, realised, paid, agent.wealth, self.adapter_version(agent.agent_id)))
         for asset, clearing in clearings.items():
@@ -261,9 +263,10 @@ class MarketModel(mesa.Model):
     def trainer_samples(self, t: int) -> dict[int, list]:
         from training.samples import Sample
 
-        first = t + 1 - self.scenario.training.every
+        limit = self.scenario.training.max_samples  # most recent decisions per agent (0 = all); a step holds at least one
+        first = max(t + 1 - limit, 0) if limit else 0
         frame = self.store.query(
-            "SELECT step, date, agent_id, asset, prompt, prompt_ids, completion_ids, trainable_mask, decision_depth, realised_return, reward, belief "
+            "SELECT step, date, agent_id, asset, prompt, prompt_ids, completion_ids, trainable_mask, decision_depth, realised_return, reward, belief, adapter_version "
             "FROM decisions WHERE step BETWEEN ? AND ? ORDER BY agent_id, step, asset", [first, t])
         samples: dict[int, list] = {agent.agent_id: [] for agent in self.investors}
         for row in frame.itertuples(index=False):
@@ -273,7 +276,7 @@ class MarketModel(mesa.Model):
                 completion_ids=list(row.completion_ids), trainable=[bool(x) for x in row.trainable_mask],
                 decision_depth=row.decision_depth, realised_return=row.realised_return, reward=row.reward, belief=row.belief,
                 temperature=spec.temperature, risk_preference=spec.persona.risk_preference,
-                recent_variance=self.variance_at(pd.Timestamp(row.date), row.asset)))
+                recent_variance=self.variance_at(pd.Timestamp(row.date), row.asset), adapter_version=int(row.adapter_version)))
         return samples
 
 
@@ -297,5 +300,6 @@ def decision_row(t: int, date: pd.Timestamp, observation: Observation, completio
         "completion_tokens": len(completion.completion_ids), "latency_s": completion.latency_s,
         "adapter_version": adapter_version, "realised_return": realised, "reward": paid,
         "position": completion.decision_depth / 10.0, "wealth": wealth,
+        "expected_decision": completion.expected_decision, "decision_std": completion.decision_std,
         "prompt_ids": completion.prompt_ids, "completion_ids": completion.completion_ids, "trainable_mask": completion.trainable,
     }

@@ -22,10 +22,11 @@ from analysis.rundb import RUN_DB_FILE as DATABASE, resolve_run_db
 from market.data import MarketData
 from simulation.config import Scenario, check_against_data, load_scenario, parse_scenario
 from simulation.console import LiveConsole, PlainConsole
-from simulation.errors import DataFileError, UserError
+from core.errors import DataFileError, UserError
 from simulation.model import MarketModel
-from simulation.seeding import child_seed
-from simulation.store import RunStore, package_versions
+from core.provenance import package_versions_json
+from core.seeding import child_seed
+from simulation.store import RunStore
 
 
 @dataclass
@@ -80,9 +81,9 @@ def build_trainer(scenario: Scenario, llm: LLM, run_dir: Path, agent_ids: list[i
         return None
     from training.phase import Trainer
 
-    model = scenario.model
-    trainer = Trainer(llm, scenario.training, run_dir / "adapters", agent_ids, belief_tokens=model.belief_tokens,
-                      max_prompt_tokens=model.max_prompt_tokens, batch_size=model.batch_size)
+    model, market = scenario.model, scenario.market
+    trainer = Trainer(llm, scenario.training, run_dir / "adapters", agent_ids, reward=market.reward, risk_aversion=market.risk_aversion,
+                      belief_tokens=model.belief_tokens, max_prompt_tokens=model.max_prompt_tokens, batch_size=model.batch_size)
     trainer.attach()
     return trainer
 
@@ -126,7 +127,7 @@ def start(scenario_path: str, *, plain: bool = False, output_dir: str | None = N
     store.start_run(run_id=f"{scenario.run.name}-{uuid.uuid4().hex[:8]}", name=scenario.run.name, scenario_path=str(Path(scenario_path).resolve()),
                     scenario_toml=Path(scenario_path).read_text(encoding="utf-8"), master_seed=scenario.run.seed,
                     model_id=llm.source.model_id, model_sha256=llm.sha256, device=str(llm.device), dtype=str(llm.dtype).removeprefix("torch."),
-                    package_versions=package_versions(), steps_planned=scenario.run.steps)
+                    package_versions=package_versions_json(), steps_planned=scenario.run.steps)
     store.close()
     starting.rename(run_dir)
     store = RunStore(run_dir / DATABASE)

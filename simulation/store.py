@@ -8,7 +8,6 @@ pandas frames (one INSERT per table per step); NaN is stored as NULL.
 
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any, Iterator
 import duckdb
 import pandas as pd
 
-from simulation.errors import StoreError
+from core.errors import StoreError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS run (
@@ -37,6 +36,7 @@ CREATE TABLE IF NOT EXISTS decisions (
     completion VARCHAR, decision_depth DOUBLE, fallback BOOLEAN, fallback_reason VARCHAR,
     prompt_tokens INTEGER, completion_tokens INTEGER, latency_s DOUBLE, adapter_version INTEGER,
     realised_return DOUBLE, reward DOUBLE, position DOUBLE, wealth DOUBLE,
+    expected_decision DOUBLE, decision_std DOUBLE,
     prompt_ids INTEGER[], completion_ids INTEGER[], trainable_mask BOOLEAN[],
     PRIMARY KEY (step, agent_id, asset));
 CREATE TABLE IF NOT EXISTS factors_served (
@@ -48,16 +48,18 @@ CREATE TABLE IF NOT EXISTS steps (
 CREATE TABLE IF NOT EXISTS events (
     step INTEGER, kind VARCHAR, category VARCHAR, asset VARCHAR, value DOUBLE, text VARCHAR);
 CREATE TABLE IF NOT EXISTS training (
-    phase INTEGER, step INTEGER, agent_id INTEGER, samples INTEGER, loss DOUBLE, kl DOUBLE,
-    reward_mean DOUBLE, reward_std DOUBLE, grad_norm DOUBLE, seconds DOUBLE, adapter_path VARCHAR,
-    adapter_version INTEGER, belief_kl DOUBLE, belief_text_share DOUBLE, PRIMARY KEY (phase, agent_id));
+    phase INTEGER, step INTEGER, agent_id INTEGER, samples INTEGER, heldout_states INTEGER, beliefs INTEGER,
+    epochs INTEGER, kept_epoch INTEGER, loss DOUBLE, decision_kl DOUBLE, belief_kl DOUBLE, grad_norm DOUBLE,
+    heldout_pay_before DOUBLE, heldout_pay_after DOUBLE, belief_advantage_std DOUBLE,
+    reward_mean DOUBLE, reward_std DOUBLE, seconds DOUBLE, adapter_path VARCHAR,
+    adapter_version INTEGER, belief_text_share DOUBLE, PRIMARY KEY (phase, agent_id));
 CREATE TABLE IF NOT EXISTS aed (
     phase INTEGER PRIMARY KEY, step INTEGER, n_probes INTEGER, n_agents INTEGER, aed_decision DOUBLE,
     aed_belief DOUBLE, embedder VARCHAR);
 CREATE TABLE IF NOT EXISTS aed_agents (
     phase INTEGER, agent_id INTEGER, mean_decision DOUBLE, decision_drift DOUBLE, belief_drift DOUBLE);
 CREATE TABLE IF NOT EXISTS aed_probes (
-    phase INTEGER, probe INTEGER, agent_id INTEGER, belief VARCHAR, decision_depth DOUBLE);
+    phase INTEGER, probe INTEGER, agent_id INTEGER, belief VARCHAR, decision_depth DOUBLE, expected_decision DOUBLE);
 """
 
 
@@ -149,18 +151,3 @@ def _store_error(path: Path, error: BaseException) -> StoreError:
         return StoreError(str(path), None, "the disk is full; the last step was not committed", "free disk space, then continue with: python -m simulation run --resume " + str(path.parent))
     first_line = text.strip().splitlines()[0] if text.strip() else type(error).__name__
     return StoreError(str(path), None, f"cannot write the run database: {first_line}", "check the output directory is writable")
-
-
-def package_versions() -> str:
-    """JSON of the versions a replay needs to match."""
-    import importlib.metadata
-    import platform
-
-    names = ["torch", "transformers", "peft", "trl", "mesa", "duckdb", "numpy", "pandas", "gguf", "sentence-transformers"]
-    versions = {"python": platform.python_version()}
-    for name in names:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return json.dumps(versions, sort_keys=True)

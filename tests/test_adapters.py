@@ -1,112 +1,132 @@
-"""Per-agent adapters on one base model: fresh = base, isolated in mixed batches, saved in PEFT format."""
+"""Every agent's adapter in one stacked layer: equal to PEFT's LoRA, isolated per row, saved in PEFT format."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
 import torch
-from peft import PeftModel
+from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from agents.llm import LLM
-from simulation.config import TrainingConfig
-from training import adapters
-from training.phase import Trainer
-from training.rewards import reward
-from training.samples import sample_from_completion
+from agents.lora import ADAPTER_CONFIG, LoraSpec
 
-BELIEF_TOKENS = 6
+SPEC = LoraSpec(rank=4, alpha=8.0, target_modules=("q_proj", "v_proj", "down_proj"), layers=(1,))
+TOLERANCE = 1e-5  # fp32: the stacked and PEFT forms sum the same products in another order
 
 
-def prompts(llm: LLM) -> list[str]:
-    return [llm.chat_prompt("You are an investor.", f"Day {day}: what happens to the market?") for day in range(4)]
-
-
-def greedy(llm: LLM, texts: list[str], adapter_names: list[str] | None) -> list[list[int]]:
-    completions = llm.generate(texts, [0.0] * len(texts), adapter_names, belief_tokens=BELIEF_TOKENS, seed=0)
-    return [completion.completion_ids for completion in completions]
-
-
-def logits(model, llm: LLM, texts: list[str], adapter_names: list[str] | None = None) -> torch.Tensor:
-    encoded = llm.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    extra = {"adapter_names": adapter_names} if adapter_names is not None else {}
-    with torch.no_grad():
-        return model(**encoded, **extra).logits
-
-
-def trained_trainer(model_dir, adapter_dir, agent_ids=(0, 1, 2)) -> Trainer:
-    """A trainer whose agent 0 went through one phase with a large learning rate."""
+def _llm(model_dir, agents: int = 3, spec: LoraSpec = SPEC) -> LLM:
     llm = LLM.load(str(model_dir), device="cpu")
-    trainer = Trainer(llm, TrainingConfig(learning_rate=5e-2, epochs=2, micro_batch=8, max_samples=0), adapter_dir, list(agent_ids),
-                      belief_tokens=BELIEF_TOKENS, max_prompt_tokens=128, batch_size=16)
-    trainer.attach()
-    texts = prompts(llm) * 4
-    completions = llm.generate(texts, [1.0] * len(texts), [trainer.adapter_name(0)] * len(texts), belief_tokens=BELIEF_TOKENS, seed=1)
-    samples = [sample_from_completion(c, agent_id=0, step=i, realised_return=0.01, reward=reward("linear", 0.01, c.decision_depth),
-                                      temperature=1.0, risk_preference=0.5, recent_variance=1e-4) for i, c in enumerate(completions)]
-    trainer.run_phase(1, 15, {0: samples}, seed=3)
-    return trainer
+    llm.attach_adapters(agents, spec)
+    return llm
 
 
-def test_fresh_adapters_leave_the_outputs_of_the_base_model(tiny_model_dir, tmp_path):
-    llm = LLM.load(str(tiny_model_dir), device="cpu")
-    texts = prompts(llm)
-    base = greedy(llm, texts, None)
-    base_logits = logits(llm.model, llm, texts)
-    trainer = Trainer(llm, TrainingConfig(), tmp_path, [0, 1], belief_tokens=BELIEF_TOKENS, max_prompt_tokens=128, batch_size=16)
-    trainer.attach()
-    assert greedy(llm, texts, ["agent_0", "agent_1", "agent_0", "agent_1"]) == base
-    assert torch.equal(logits(llm.model, llm, texts, ["agent_0", "agent_1", "agent_0", "agent_1"]), base_logits)
+def _randomise(llm: LLM, seed: int = 0) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in llm.adapters.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
 
 
-def test_attach_leaves_the_global_rng_alone_and_fresh_adapters_are_reproducible(tiny_model_dir, tmp_path):
-    states = []
-    for _ in range(2):
-        llm = LLM.load(str(tiny_model_dir), device="cpu")
-        rng = torch.get_rng_state()
-        Trainer(llm, TrainingConfig(), tmp_path, [0, 1], belief_tokens=BELIEF_TOKENS, max_prompt_tokens=128, batch_size=16).attach()
-        assert torch.equal(torch.get_rng_state(), rng)
-        states.append(adapters.adapter_state(llm.model, "agent_1"))
-    assert all(torch.equal(states[0][key], states[1][key]) for key in states[0])
-    assert any(key.endswith("lora_A.weight") and states[0][key].abs().sum() > 0 for key in states[0])
+def _ids(llm: LLM) -> torch.Tensor:
+    texts = [llm.chat_prompt("You are an investor.", f"Day {day}: what happens to the market?") for day in range(3)]
+    return llm.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
 
 
-def test_one_agents_adapter_never_changes_another_agents_outputs(tiny_model_dir, tmp_path):
-    trainer = trained_trainer(tiny_model_dir, tmp_path)
-    llm = trainer.llm
-    texts = prompts(llm)
-    mixed = ["agent_0", "agent_1", "agent_0", "agent_2"]
-    base_logits = logits(llm.model, llm, texts, ["__base__"] * 4)
-    mixed_logits = logits(llm.model, llm, texts, mixed)
-    assert torch.equal(mixed_logits[1], base_logits[1]) and torch.equal(mixed_logits[3], base_logits[3])
-    assert not torch.allclose(mixed_logits[0], base_logits[0])
-    # the same through generate, with the decision slot's logits processor, at temperature 0
-    base = greedy(llm, texts, ["__base__"] * 4)
-    outputs = greedy(llm, texts, mixed)
-    assert outputs[1] == base[1] and outputs[3] == base[3]
-    assert outputs[0] != base[0] or outputs[2] != base[2]
+def test_fresh_adapters_leave_the_outputs_of_the_base_model(tiny_model_dir):
+    llm = _llm(tiny_model_dir)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    encoded = _ids(llm)
+    with torch.no_grad(), llm.route([0, 1, 2]):
+        adapted = llm.model(**encoded).logits
+    assert torch.equal(adapted, base(**encoded).logits)
+    assert all(float(llm.adapters.layers[name].lora_B.abs().max()) == 0.0 for name in llm.adapters.layers)
 
 
-def test_saved_adapter_reloads_with_peft_and_reproduces_the_outputs(tiny_model_dir, tmp_path):
-    trainer = trained_trainer(tiny_model_dir, tmp_path)
-    llm = trainer.llm
-    folder = tmp_path / "phase_1" / "agent_0"
-    assert json.loads((folder / "adapter_config.json").read_text())["peft_type"] == "LORA"
-    texts = prompts(llm)
-    expected_logits = logits(llm.model, llm, texts, ["agent_0"] * 4)
-    expected = greedy(llm, texts, ["agent_0"] * 4)
-
-    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), folder).eval()
-    assert torch.allclose(logits(reloaded, llm, texts), expected_logits, atol=1e-5)
-    assert greedy(LLM.from_model(llm.tokenizer, reloaded), texts, None) == expected
+def test_fresh_adapters_are_the_same_in_every_run_and_leave_the_global_rng_alone(tiny_model_dir):
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    first, second = _llm(tiny_model_dir), _llm(tiny_model_dir)
+    assert torch.rand(1) == before
+    assert all(torch.equal(a, b) for a, b in zip(first.adapters.parameters(), second.adapters.parameters()))
 
 
-def test_restored_adapters_reproduce_the_outputs_in_a_new_process_state(tiny_model_dir, tmp_path):
-    trainer = trained_trainer(tiny_model_dir, tmp_path)
-    texts = prompts(trainer.llm)
-    expected = greedy(trainer.llm, texts, ["agent_0"] * 4)
-    resumed = Trainer(LLM.load(str(tiny_model_dir), device="cpu"), trainer.config, tmp_path, [0, 1, 2],
-                      belief_tokens=BELIEF_TOKENS, max_prompt_tokens=128, batch_size=16)
-    resumed.attach()
-    resumed.restore(1)
-    assert greedy(resumed.llm, texts, ["agent_0"] * 4) == expected
+def test_outputs_and_gradients_equal_peft_for_the_same_adapter(tiny_model_dir):
+    llm = _llm(tiny_model_dir)
+    _randomise(llm)
+    peft = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                          LoraConfig(r=SPEC.rank, lora_alpha=SPEC.alpha, target_modules=list(SPEC.target_modules), layers_to_transform=list(SPEC.layers), lora_dropout=0.0))
+    state = {key.replace(".lora_A.weight", ".lora_A.default.weight").replace(".lora_B.weight", ".lora_B.default.weight"): value
+             for key, value in llm.adapters.agent_state(1).items()}
+    missing = peft.load_state_dict(state, strict=False)
+    assert not [key for key in missing.missing_keys if "lora_" in key]
+    encoded = _ids(llm)
+    with llm.route([1, 1, 1]):
+        ours = llm.model(**encoded).logits
+    theirs = peft(**encoded).logits
+    assert torch.allclose(ours, theirs, atol=TOLERANCE)
+    ours.square().mean().backward()
+    theirs.square().mean().backward()
+    for name, layer in llm.adapters.layers.items():
+        peft_layer = peft.get_submodule("base_model.model." + name)
+        assert torch.allclose(layer.lora_A.grad[1], peft_layer.lora_A["default"].weight.grad, atol=TOLERANCE)
+        assert torch.allclose(layer.lora_B.grad[1], peft_layer.lora_B["default"].weight.grad, atol=TOLERANCE)
+        assert float(layer.lora_A.grad[0].abs().max()) == 0.0 and float(layer.lora_A.grad[2].abs().max()) == 0.0  # other agents get nothing
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_one_agents_adapter_never_changes_another_agents_outputs(tiny_model_dir, grad):
+    llm = _llm(tiny_model_dir)
+    _randomise(llm)
+    encoded = _ids(llm)
+    with torch.set_grad_enabled(grad), llm.route([0, 2, -1]):
+        before = llm.model(**encoded).logits.detach()
+    with torch.no_grad():
+        for param in llm.adapters.parameters():
+            param[1].add_(1.0)  # agent 1's adapter changes; no row runs as agent 1
+    with torch.set_grad_enabled(grad), llm.route([0, 2, -1]):
+        after = llm.model(**encoded).logits.detach()
+    assert torch.equal(before, after)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        assert torch.allclose(after[2], base(**encoded).logits[2], atol=1e-6)  # the row without an adapter is the base model
+
+
+def test_a_mixed_batch_equals_each_agent_alone(tiny_model_dir):
+    llm = _llm(tiny_model_dir)
+    _randomise(llm)
+    encoded = _ids(llm)
+    with torch.no_grad():
+        with llm.route([2, 0, 1]):
+            mixed = llm.model(**encoded).logits
+        for row, agent in enumerate([2, 0, 1]):
+            with llm.route([agent] * 3):
+                assert torch.allclose(mixed[row], llm.model(**encoded).logits[row], atol=TOLERANCE)
+
+
+def test_a_saved_adapter_loads_with_peft_and_back_with_the_same_outputs(tiny_model_dir, tmp_path):
+    llm = _llm(tiny_model_dir)
+    _randomise(llm)
+    folder = llm.adapters.save_agent(2, tmp_path / "agent_2", base_model=str(tiny_model_dir))
+    config = json.loads((folder / ADAPTER_CONFIG).read_text())
+    assert config["r"] == SPEC.rank and config["lora_alpha"] == SPEC.alpha and config["layers_to_transform"] == list(SPEC.layers)
+    encoded = _ids(llm)
+    with torch.no_grad(), llm.route([2, 2, 2]):
+        ours = llm.model(**encoded).logits
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(folder))
+    with torch.no_grad():
+        assert torch.allclose(peft(**encoded).logits, ours, atol=TOLERANCE)
+    other = _llm(tiny_model_dir)
+    other.adapters.load_agent(0, folder)
+    with torch.no_grad(), other.route([0, 0, 0]):
+        assert torch.equal(other.model(**encoded).logits, ours)
+
+
+def test_loading_an_adapter_of_another_shape_is_refused(tiny_model_dir, tmp_path):
+    llm = _llm(tiny_model_dir)
+    folder = llm.adapters.save_agent(0, tmp_path / "agent_0")
+    other = _llm(tiny_model_dir, spec=LoraSpec(4, 8.0, ("q_proj",)))
+    with pytest.raises(ValueError, match="do not fit"):
+        other.adapters.load_agent(0, folder)

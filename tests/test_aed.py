@@ -14,7 +14,7 @@ from analysis.aed import (
     measure_aed,
 )
 from analysis.embeddings import embed_beliefs, load_embedder
-from simulation.errors import ModelPathError
+from core.errors import ModelPathError
 
 
 def test_decision_dispersion_is_zero_for_identical_agents():
@@ -97,7 +97,8 @@ def test_aed_rows_fill_the_three_schema_tables():
         0, 9, np.array([[1.0, -1.0], [2.0, 0.0], [0.0, 0.0]]), np.eye(2)[None].repeat(3, 0)
     )
     beliefs = [["up", "down"], ["up", ""], ["flat", "flat"]]
-    rows = aed_rows(first, beliefs, "all-MiniLM-L6-v2")
+    sampled = np.array([[2.0, -1.5], [1.0, 0.5], [0.0, 0.0]])
+    rows = aed_rows(first, beliefs, "all-MiniLM-L6-v2", sampled)
     assert rows["aed"] == [
         {
             "phase": 0,
@@ -119,7 +120,8 @@ def test_aed_rows_fill_the_three_schema_tables():
         "probe": 1,
         "agent_id": 1,
         "belief": "",
-        "decision_depth": 0.0,
+        "decision_depth": 0.5,      # the sampled decision
+        "expected_decision": 0.0,   # what AED measured
     }
 
 
@@ -167,12 +169,13 @@ def test_the_meter_answers_every_probe_in_one_batch_and_splits_it_back_per_probe
         def deliberate(self, t, observations, greedy, seed_key):
             self.calls.append(len(observations))
             assert greedy and seed_key == "aed"
-            return [SimpleNamespace(decision_depth=o.t + o.agent_id / 10, belief=f"{o.asset}{o.agent_id}@{o.t}") for o in observations]
+            return [SimpleNamespace(expected_decision=o.t + o.agent_id / 10, decision_depth=-o.t, belief=f"{o.asset}{o.agent_id}@{o.t}") for o in observations]
 
     meter = AEDMeter(AEDConfig(probes=3), dates)
     model = TwoAgentsTwoAssets()
-    decisions, beliefs = meter.answers(model)
+    decisions, sampled, beliefs = meter.answers(model)
     assert model.calls == [3 * 2 * 2]  # one batch: 3 probes x 2 agents x 2 assets
     assert meter.probe_steps == [0, 4, 8]
-    assert decisions.tolist() == [[t, t + 0.1] for t in (0, 4, 8) for _ in ("A", "B")]
+    assert decisions.tolist() == [[t, t + 0.1] for t in (0, 4, 8) for _ in ("A", "B")]  # AED reads the expected decisions
+    assert sampled.tolist() == [[-t, -t] for t in (0, 4, 8) for _ in ("A", "B")]
     assert beliefs[3] == ["B0@4", "B1@4"]

@@ -6,11 +6,8 @@ import pytest
 import torch
 
 from agents.llm import LLM
-from simulation.config import TrainingConfig
-from training import adapters
+from agents.lora import LoraSpec
 from training.belief_quality import belief_kl, belief_text_share, exact_token_kl, reads_as_market_text
-from training.phase import Trainer
-from training.rl import Scored
 
 PROMPT = "Fundamental factors: value_score=+1.76, earnings_yield=+3.50. In one sentence, state your belief."
 
@@ -52,22 +49,20 @@ def test_belief_text_share_is_the_share_of_text_beliefs():
 
 
 def test_exact_token_kl_is_zero_for_equal_distributions_and_matches_the_definition():
-    policy, base = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([[0.0, 1.0, 0.0]])
+    policy, base = torch.log_softmax(torch.tensor([[2.0, 0.0, -1.0]]), -1), torch.log_softmax(torch.tensor([[0.0, 1.0, 0.0]]), -1)
     assert float(exact_token_kl(policy, policy)) == pytest.approx(0.0, abs=1e-7)
-    p, q = torch.softmax(policy, -1), torch.softmax(base, -1)
+    p, q = policy.exp(), base.exp()
     assert float(exact_token_kl(policy, base)) == pytest.approx(float((p * (p / q).log()).sum()), rel=1e-5)
 
 
-def test_belief_kl_is_zero_for_a_fresh_adapter_and_grows_when_the_adapter_moves(tiny_model_dir, tmp_path):
+def test_belief_kl_is_zero_for_a_fresh_adapter_and_grows_when_the_adapter_moves(tiny_model_dir):
     llm = LLM.load(str(tiny_model_dir), device="cpu")
-    trainer = Trainer(llm, TrainingConfig(), tmp_path, [0], belief_tokens=6, max_prompt_tokens=128, batch_size=8)
-    trainer.attach()
+    llm.attach_adapters(1, LoraSpec(8, 16.0, ("q_proj", "v_proj")))
     texts = [llm.chat_prompt("You are an investor.", f"Day {day}.") for day in range(3)]
-    completions = llm.generate(texts, [1.0] * 3, ["agent_0"] * 3, belief_tokens=6, seed=0)
-    items = [Scored(c.prompt_ids, c.completion_ids, c.trainable, 1.0) for c in completions]
-    assert belief_kl(llm, ["agent_0"] * 3, items, belief_tokens=6) == pytest.approx([0.0] * 3, abs=1e-6)
+    completions = llm.generate(texts, [1.0] * 3, [0] * 3, belief_tokens=6, seed=0)
+    assert belief_kl(llm, [0] * 3, completions, [1.0] * 3, belief_tokens=6) == pytest.approx([0.0] * 3, abs=1e-6)
     with torch.no_grad():
-        for param in adapters.adapter_parameters(llm.model, "agent_0"):
+        for param in llm.adapters.parameters():
             param.add_(0.5)
-    moved = belief_kl(llm, ["agent_0"] * 3, items, belief_tokens=6)
+    moved = belief_kl(llm, [0] * 3, completions, [1.0] * 3, belief_tokens=6)
     assert all(value > 1e-3 for value in moved)

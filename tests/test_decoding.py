@@ -1,6 +1,6 @@
 import pytest
 
-from agents.decoding import COMPLETE_NUMBERS, NUMBER_PREFIXES, number_start, parse_decision, split_completion
+from agents.decoding import COMPLETE_NUMBERS, NUMBER_PREFIXES, parse_decision, split_completion, split_tokens
 
 
 def test_every_accepted_spelling_is_a_number_in_range():
@@ -65,27 +65,11 @@ def test_temperature_zero_rows_are_greedy_within_a_sampled_batch(tiny_llm):
     assert a[0].completion == a[2].completion == b[0].completion == b[2].completion
 
 
-def test_redecide_keeps_the_belief_and_samples_only_a_new_number(tiny_llm):
-    prompt = tiny_llm.chat_prompt("You are an investor.", "Momentum +0.5. Your belief?")
-    answers = tiny_llm.generate([prompt] * 2, [1.5] * 2, belief_tokens=6, seed=3)
-    redone = tiny_llm.redecide([answers[0]] * 8 + [answers[1]] * 8, [1.5] * 16, belief_tokens=6, seed=4)
-    again_ids = [c.completion_ids for c in tiny_llm.redecide([answers[0]] * 8 + [answers[1]] * 8, [1.5] * 16, belief_tokens=6, seed=4)]
-    assert [c.completion_ids for c in redone] == again_ids  # seeded
-    for index, again in enumerate(redone):
-        answer = answers[index // 8]
-        start = number_start(tiny_llm.slot, 6, answer.completion_ids)
-        assert again.prompt_ids == answer.prompt_ids and again.belief == answer.belief
-        assert again.completion_ids[:start] == answer.completion_ids[:start]
-        assert again.fallback_reason is None and -10.0 <= again.decision_depth <= 10.0
-        assert again.completion.rsplit("Decision: ", 1)[1][:1] in ("+", "-")
-        # only the number and its stop token were chosen by this completion
-        assert again.trainable == [False] * start + [True] * (len(again.completion_ids) - start)
-    assert len({again.decision_depth for again in redone}) > 2  # sampled, not copied
-
-
-def test_number_start_is_where_the_forced_marker_ends(tiny_llm):
+def test_split_tokens_finds_where_the_belief_ends_and_the_number_begins(tiny_llm):
     prompt = tiny_llm.chat_prompt("You are an investor.", "Momentum +0.5. Your belief?")
     for answer in tiny_llm.generate([prompt] * 4, [1.5] * 4, belief_tokens=6, seed=8):
-        start = number_start(tiny_llm.slot, 6, answer.completion_ids)
-        assert tiny_llm.tokenizer.decode(answer.completion_ids[:start]).endswith("Decision: ")
-        assert float(tiny_llm.tokenizer.decode(answer.completion_ids[start:], skip_special_tokens=True)) == answer.decision_depth
+        parts = split_tokens(tiny_llm.slot, 6, answer.completion_ids)
+        assert parts.belief_ids + parts.marker_ids + parts.number_ids == answer.completion_ids
+        assert tiny_llm.tokenizer.decode(parts.marker_ids).strip() == "Decision:"
+        assert float(tiny_llm.tokenizer.decode(parts.number_ids, skip_special_tokens=True)) == answer.decision_depth
+        assert tiny_llm.tokenizer.decode(parts.belief_ids).strip() == answer.belief

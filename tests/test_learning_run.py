@@ -27,7 +27,7 @@ def test_every_phase_trains_every_agent_and_saves_its_adapter(learning_run):
     rows = con.execute("SELECT phase, agent_id, samples, adapter_path, adapter_version FROM training ORDER BY phase, agent_id").fetchall()
     assert [(phase, agent) for phase, agent, *_ in rows] == [(p, a) for p in (1, 2) for a in range(5)]
     for phase, agent, samples, path, version in rows:
-        assert samples == 3 and version == phase
+        assert samples == 3 * phase and version == phase  # a phase learns from every decision so far (max_samples 20)
         assert (Path(path) / "adapter_config.json").is_file() and (Path(path) / "adapter_model.safetensors").is_file()
 
 

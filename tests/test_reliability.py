@@ -12,7 +12,7 @@ from agents.decoding import parse_decision
 from agents.llm import LLM, Completion
 from analysis.compare import compare_runs
 from simulation.cli import EXIT_USER_ERROR, main
-from simulation.errors import StoreError
+from core.errors import StoreError
 from simulation.model import MarketModel
 from simulation.run import start
 from simulation.store import RunStore

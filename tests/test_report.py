@@ -9,7 +9,7 @@ import pytest
 from conftest_analysis import make_run_db
 
 from analysis.report import NO_STEPS, NOT_MEASURED, SECTIONS, main_report
-from simulation.errors import UserError
+from core.errors import UserError
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 import pytest
 
-from training.rewards import reward
+from market.payoff import reward
 
 
 def test_linear_reward_matches_the_users_examples():

@@ -27,7 +27,8 @@ from collections import Counter
 
 import torch
 
-from training.rl import CompletionBatch, Scored, build_batch, completion_logits, decoding_logits
+from agents.decoding import split_tokens
+from agents.scoring import score
 
 MIN_WORDS = 4
 MIN_WORD_SHARE = 0.75
@@ -78,32 +79,27 @@ def belief_text_share(beliefs: list[str], prompts: list[str] | None = None) -> f
     return sum(reads_as_market_text(belief, prompt) for belief, prompt in zip(beliefs, prompts)) / len(beliefs)
 
 
-def exact_token_kl(policy_logits: torch.Tensor, base_logits: torch.Tensor) -> torch.Tensor:
-    """KL(softmax(policy) || softmax(base)) at every position, summed over the vocabulary."""
-    policy_logprobs = torch.log_softmax(policy_logits, dim=-1)
-    base_logprobs = torch.log_softmax(base_logits, dim=-1)
+def exact_token_kl(policy_logprobs: torch.Tensor, base_logprobs: torch.Tensor) -> torch.Tensor:
+    """KL(policy || base) at every position from two log-distributions, summed over the vocabulary."""
     return (policy_logprobs.exp() * (policy_logprobs - base_logprobs)).sum(-1)
 
 
 @torch.no_grad()
-def belief_kl(llm, adapters: list[str], items: list[Scored], belief_tokens: int, batch_size: int = 8) -> list[float | None]:
-    """Per item, the mean exact KL of its belief tokens to the base model, in nats per token.
+def belief_kl(llm, agents: list[int], completions, temperatures: list[float], belief_tokens: int, batch_size: int = 8) -> list[float | None]:
+    """Per completion, the mean exact KL of its belief tokens to the base model, in nats per token.
 
-    `adapters[i]` is the adapter that item i is scored under. Each batch runs once, with the rows
-    twice: under their adapters and under `__base__` (PEFT's name for the adapter disabled).
+    `agents[i]` is the agent whose adapter completion i is scored under; the base model is the
+    same rows with no adapter, both under the decoding that wrote the belief.
     """
     results: list[float | None] = []
-    for start in range(0, len(items), batch_size):
-        chunk, names = items[start:start + batch_size], adapters[start:start + batch_size]
-        batch = build_batch(chunk + chunk, llm.slot, belief_tokens, llm.model.config.vocab_size, llm.tokenizer.pad_token_id, llm.device, share_prompts=False)
-        logits = decoding_logits(completion_logits(llm.model, batch, names + ["__base__"] * len(chunk)), batch)
-        kl = exact_token_kl(logits[: len(chunk)], logits[len(chunk):])
-        results += _row_means(kl, batch, len(chunk))
+    for start in range(0, len(completions), batch_size):
+        chunk = completions[start:start + batch_size]
+        parts = [split_tokens(llm.slot, belief_tokens, completion.completion_ids) for completion in chunk]
+        arguments = ([completion.prompt_ids for completion in chunk], [part.belief_ids for part in parts], [part.marker_ids for part in parts])
+        scale = torch.tensor(temperatures[start:start + batch_size], dtype=torch.float32)
+        adapted = score(llm, *arguments, agents[start:start + batch_size], scale, keep_distributions=True)
+        base = score(llm, *arguments, None, scale, keep_distributions=True)
+        kl = exact_token_kl(adapted.belief_logits, base.belief_logits) * adapted.belief_mask
+        counts = adapted.belief_mask.sum(-1)
+        results += [float(total / count) if count > 0 else None for total, count in zip(kl.sum(-1), counts)]
     return results
-
-
-def _row_means(kl: torch.Tensor, batch: CompletionBatch, rows: int) -> list[float | None]:
-    mask = batch.belief[:rows].float()
-    counts = mask.sum(-1)
-    sums = (kl * mask).sum(-1)
-    return [float(total / count) if count > 0 else None for total, count in zip(sums, counts)]

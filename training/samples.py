@@ -30,6 +30,7 @@ class Sample:
     temperature: float              # the agent's sampling temperature (0 = greedy)
     risk_preference: float          # in [0, 1], for the risk-adjusted reward
     recent_variance: float          # variance of recent daily returns known at decision time
+    adapter_version: int = 0        # the training phases behind the adapter that wrote it
 
 
 def sample_from_completion(
@@ -42,6 +43,7 @@ def sample_from_completion(
     temperature: float,
     risk_preference: float,
     recent_variance: float,
+    adapter_version: int = 0,
 ) -> Sample:
     """The sample of one settled decision."""
     return Sample(
@@ -58,6 +60,7 @@ def sample_from_completion(
         temperature=temperature,
         risk_preference=risk_preference,
         recent_variance=recent_variance,
+        adapter_version=adapter_version,
     )
 
 

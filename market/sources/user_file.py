@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from market.data import CATEGORIES, MarketData, build_market_data
-from simulation.errors import DataFileError
+from core.errors import DataFileError
 
 REQUIRED_COLUMNS = ("date", "asset", "close")
 OPTIONAL_COLUMNS = ("volume",)

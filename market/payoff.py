@@ -1,4 +1,7 @@
-"""Reward functions: what a decision earns once the next return is known.
+"""The market's payoff rule: what a decision earns once the next return is known.
+
+The market pays it in `settle` whether or not agents train; training reads the same rule to
+score every decision an agent could have made (training/hindsight.py).
 
 - `linear` is the user's definition: `reward = realised_return * decision_depth`. With 7.5 and
   +5 % it pays +0.375; with 7.5 and -3 % it pays -0.225. Because it is linear in the depth, the
@@ -35,6 +38,7 @@ def reward(
     risk_aversion: float = 0.0,
     recent_variance: float = 0.0,
 ) -> float:
+    """The payoff of `decision_depth` at `realised_return`; elementwise on arrays (numpy broadcasting)."""
     linear = realised_return * decision_depth
     if kind == "linear":
         return linear

@@ -1,0 +1,212 @@
+"""Every agent's LoRA adapter in one stacked layer, so a batch of many agents costs one pass.
+
+PEFT's mixed-adapter batch loops over the distinct adapters in every adapted layer, so its cost
+grows with the number of agents in a batch. Here each adapted linear layer holds all agents'
+matrices stacked, `A` as [agents, r, in] and `B` as [agents, out, r], and every row of a batch
+names its agent (`AdapterRouter.rows`, -1 = no adapter). The LoRA term of a layer is then one
+gather and two batched matmuls whatever the number of agents (the S-LoRA / Punica layout):
+
+    y = W x + (alpha / r) * B[agent] A[agent] x      for rows with an adapter; y = W x otherwise.
+
+Rows without an adapter (the base model, the KL reference, an untrained baseline) are left out
+of the LoRA term, so they cost nothing extra. When gradients are on, the gather is a one-hot
+matmul: its backward is a matmul too, which sums the rows of one agent in a fixed order (the
+backward of `index_select` is an `index_add` that is not reproducible on a CPU).
+
+Adapters are kept in float32 whatever the model's dtype: the optimizer updates float32 masters,
+and the LoRA term is computed in the activations' dtype (bf16 on CUDA, with fp32 accumulation in
+the matmul). A fresh adapter is LoRA's usual start, A uniform(+-1/sqrt(in)) and B = 0, so it
+leaves the model's outputs exactly as the base model's; A is drawn from a generator seeded by
+the agent id, so a fresh adapter is the same in every run.
+
+The exchange format stays PEFT's: `save_agent` writes one agent as a standard PEFT folder
+(`adapter_config.json` + `adapter_model.safetensors`), which `PeftModel.from_pretrained` and
+vLLM load, and `load_agent` reads one back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+INIT_SEED = 20_240_601  # the A matrices of fresh adapters are drawn from INIT_SEED + agent id
+_LAYER_INDEX = re.compile(r"\.layers\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """The shape of every agent's adapter."""
+
+    rank: int
+    alpha: float
+    target_modules: tuple[str, ...]      # e.g. ("q_proj", "v_proj")
+    layers: tuple[int, ...] | None = None  # decoder layers that get LoRA; None = all
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.rank
+
+
+class AdapterRouter:
+    """Which agent's adapter each row of the current batch uses: shared by all LoRA layers."""
+
+    def __init__(self) -> None:
+        self.rows: torch.Tensor | None = None   # [batch] long, -1 = no adapter
+        self.one_hot: torch.Tensor | None = None
+        self.active: torch.Tensor | None = None
+
+    @contextmanager
+    def route(self, rows: list[int] | torch.Tensor | None):
+        """Rows of every forward inside the block use these agents (None or all -1: the base model)."""
+        saved = (self.rows, self.one_hot, self.active)
+        if rows is not None:
+            rows = torch.as_tensor(rows, dtype=torch.long)
+            if bool((rows < 0).all()):
+                rows = None
+        self.rows, self.one_hot, self.active = rows, None, None
+        try:
+            yield
+        finally:
+            self.rows, self.one_hot, self.active = saved
+
+
+class MultiLoRALinear(torch.nn.Module):
+    """A frozen linear layer plus one LoRA adapter per agent, chosen per row by the router."""
+
+    def __init__(self, base: torch.nn.Linear, agents: int, spec: LoraSpec, router: AdapterRouter):
+        super().__init__()
+        self.base, self.router, self.scaling = base, router, spec.scaling
+        device = base.weight.device
+        self.lora_A = torch.nn.Parameter(torch.zeros((agents, spec.rank, base.in_features), device=device))
+        self.lora_B = torch.nn.Parameter(torch.zeros((agents, base.out_features, spec.rank), device=device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        rows = self.router.rows
+        if rows is None:
+            return y
+        rows = rows.to(x.device)
+        active = rows >= 0
+        if torch.is_grad_enabled():
+            selection = torch.nn.functional.one_hot(rows.clamp(min=0), self.lora_A.shape[0]).to(self.lora_A.dtype) * active[:, None]
+            a = (selection @ self.lora_A.flatten(1)).view(rows.shape[0], *self.lora_A.shape[1:])
+            b = (selection @ self.lora_B.flatten(1)).view(rows.shape[0], *self.lora_B.shape[1:])
+            delta = (x @ a.to(x.dtype).transpose(1, 2)) @ b.to(x.dtype).transpose(1, 2)
+            return y + self.scaling * delta  # rows without an adapter got zero matrices
+        if bool(active.all()):
+            a, b = self.lora_A[rows], self.lora_B[rows]
+            return y + self.scaling * ((x @ a.to(x.dtype).transpose(1, 2)) @ b.to(x.dtype).transpose(1, 2))
+        where = active.nonzero().squeeze(1)
+        a, b = self.lora_A[rows[where]], self.lora_B[rows[where]]
+        delta = (x[where] @ a.to(x.dtype).transpose(1, 2)) @ b.to(x.dtype).transpose(1, 2)
+        return y.index_add(0, where, self.scaling * delta)
+
+
+class StackedAdapters:
+    """All agents' adapters on one model: injection, reset, routing, and PEFT-format save/load."""
+
+    def __init__(self, model: torch.nn.Module, agents: int, spec: LoraSpec):
+        self.model, self.agents, self.spec = model, agents, spec
+        self.router = AdapterRouter()
+        self.layers: dict[str, MultiLoRALinear] = {}
+        for param in model.parameters():
+            param.requires_grad_(False)
+        targets = [(name, module) for name, module in model.named_modules()
+                   if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in spec.target_modules and _in_layers(name, spec.layers)]
+        if not targets:
+            raise ValueError(f"no linear layer named {', '.join(spec.target_modules)} in the model")
+        for name, module in targets:
+            parent_name, _, child = name.rpartition(".")
+            layer = MultiLoRALinear(module, agents, spec, self.router)
+            setattr(model.get_submodule(parent_name), child, layer)
+            self.layers[name] = layer
+        for agent in range(agents):
+            self.reset(agent)
+
+    def route(self, rows):
+        return self.router.route(rows)
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """The stacked tensors, A then B of every layer: dimension 0 is the agent."""
+        return [param for layer in self.layers.values() for param in (layer.lora_A, layer.lora_B)]
+
+    def agent_state(self, agent: int) -> dict[str, torch.Tensor]:
+        """One agent's adapter, keyed as PEFT saves it (lora_A [r, in], lora_B [out, r])."""
+        state = {}
+        for name, layer in self.layers.items():
+            state[f"base_model.model.{name}.lora_A.weight"] = layer.lora_A[agent].detach().clone()
+            state[f"base_model.model.{name}.lora_B.weight"] = layer.lora_B[agent].detach().clone()
+        return state
+
+    def set_agent_state(self, agent: int, state: dict[str, torch.Tensor]) -> None:
+        expected = {f"base_model.model.{name}.lora_{part}.weight" for name in self.layers for part in ("A", "B")}
+        if set(state) != expected:
+            missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+            raise ValueError(f"adapter weights do not fit this model's adapters (missing {missing[:2]}, unexpected {unexpected[:2]})")
+        with torch.no_grad():
+            for name, layer in self.layers.items():
+                layer.lora_A[agent].copy_(state[f"base_model.model.{name}.lora_A.weight"])
+                layer.lora_B[agent].copy_(state[f"base_model.model.{name}.lora_B.weight"])
+
+    def reset(self, agent: int) -> None:
+        """The agent's fresh adapter: B = 0, A uniform(+-1/sqrt(in)) from a generator seeded by its id."""
+        generator = torch.Generator().manual_seed(INIT_SEED + agent)
+        with torch.no_grad():
+            for layer in self.layers.values():
+                weight_a = layer.lora_A[agent]
+                bound = 1.0 / math.sqrt(weight_a.shape[1])
+                weight_a.copy_(torch.empty(weight_a.shape).uniform_(-bound, bound, generator=generator))
+                layer.lora_B[agent].zero_()
+
+    def peft_config(self, base_model: str) -> dict:
+        from peft import LoraConfig
+
+        config = LoraConfig(r=self.spec.rank, lora_alpha=self.spec.alpha, target_modules=list(self.spec.target_modules),
+                            layers_to_transform=list(self.spec.layers) if self.spec.layers is not None else None,
+                            lora_dropout=0.0, bias="none", task_type="CAUSAL_LM", base_model_name_or_path=base_model)
+        return config.to_dict()
+
+    def save_agent(self, agent: int, folder: Path, base_model: str = "") -> Path:
+        """Write one agent's adapter as a PEFT folder; the folder appears whole or not at all."""
+        folder = Path(folder)
+        staging = folder.parent / f".{folder.name}.tmp{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        config = self.peft_config(base_model)
+        (staging / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True, default=_jsonable))
+        save_file({key: value.float().contiguous().cpu() for key, value in self.agent_state(agent).items()}, str(staging / ADAPTER_WEIGHTS))
+        shutil.rmtree(folder, ignore_errors=True)
+        staging.replace(folder)
+        return folder
+
+    def load_agent(self, agent: int, folder: Path) -> None:
+        """Overwrite one agent's adapter with the PEFT folder's weights (they must fit this model)."""
+        weights = Path(folder) / ADAPTER_WEIGHTS
+        if not weights.is_file():
+            raise FileNotFoundError(f"no saved adapter at {weights}")
+        state = {key.replace(".default.", "."): value for key, value in load_file(str(weights)).items()}
+        self.set_agent_state(agent, state)
+
+
+def _in_layers(name: str, layers: tuple[int, ...] | None) -> bool:
+    if layers is None:
+        return True
+    match = _LAYER_INDEX.search("." + name + ".")
+    return match is not None and int(match.group(1)) in layers
+
+
+def _jsonable(value):
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    return str(value)

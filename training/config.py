@@ -1,0 +1,53 @@
+"""`[training]`: the settings of the hindsight trainer (training/phase.py), each with its help text."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from core.schema import KeyedValueError, Section
+
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class TrainingConfig(Section):
+    enabled: bool = Field(True, description="Run training phases (needs a trainable in-process model).")
+    every: int = Field(20, ge=1, description="Steps between training phases.")
+    max_samples: int = Field(20, ge=0, le=100_000, description="Most recent decisions per agent a phase learns from, across phases (0 = all so far). Each one's pay is known for every decision, so older ones stay valid for the decision update.")
+    beliefs_per_state: int = Field(1, ge=1, le=16, description="Beliefs per past state: the one the agent wrote plus beliefs_per_state - 1 fresh ones. Above 1 each belief is credited with its exact value against the others (belief credit); 1 = the decision update alone.")
+    trust: float = Field(0.1, ge=0.0, le=100.0, description="Weight of KL(pi || pi_old) on the decision distribution, pi_old the policy before the phase: the phase's trust region. Larger = a more cautious phase.")
+    belief_coef: float = Field(1.0, ge=0.0, le=100.0, description="Weight of the belief-credit loss against the decision loss (beliefs_per_state > 1).")
+    kl_coef: float = Field(1.0, ge=0.0, le=100.0, description="Weight of the KL leash from the belief tokens to the base model (k3 estimate per token).")
+    clip_epsilon: float = Field(0.2, gt=0.0, lt=1.0, description="PPO-style clip of the belief tokens' probability ratio (acts from the second epoch on).")
+    holdout: float = Field(0.25, ge=0.0, lt=1.0, description="Share of a phase's states held back: after each epoch an agent's expected pay on them decides whether it trains on (an epoch counts if it beats the best by a standard error); it keeps its best epoch. 0 = no early stopping.")
+    epochs: int = Field(3, ge=1, le=100, description="Most passes over a phase's states (early stopping may end an agent sooner).")
+    micro_batch: int = Field(16, ge=1, le=1024, description="States per agent per optimizer step (with all their beliefs); their returns are measured against their own mean.")
+    learning_rate: float = Field(2e-3, gt=0.0, le=1.0, description="AdamW learning rate, one optimizer per agent.")
+    grad_clip: float = Field(1.0, gt=0.0, description="Max gradient norm of one agent's adapter per optimizer step.")
+    lora_rank: int = Field(8, ge=1, le=256, description="Rank r of every agent's LoRA adapter.")
+    lora_alpha: float = Field(16.0, gt=0.0, description="LoRA scaling numerator: the update is (alpha / r) * B A.")
+    target_modules: list[str] = Field(default_factory=lambda: list(PROJECTIONS), min_length=1, description="Linear layers that get LoRA: any of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj.")
+    lora_layers: int | None = Field(8, ge=1, le=1024, description="LoRA on only the top lora_layers decoder layers: the frozen layers below run once per phase and the backward pass stops at the adapters. None = every layer.")
+
+    @model_validator(mode="after")
+    def _known_modules(self) -> TrainingConfig:
+        unknown = [name for name in self.target_modules if name not in PROJECTIONS]
+        if unknown:
+            raise KeyedValueError("training.target_modules", f"unknown module {unknown[0]!r}", f"use any of {', '.join(PROJECTIONS)}")
+        return self
+
+
+# Keys of earlier versions, with what replaces them; `simulation/config.py` turns each into one line.
+REMOVED_KEYS = {
+    "algorithm": "the trainer has one algorithm now (docs/training.md); delete the key",
+    "expected_sign": "every decision is now trained on its exact distribution; delete the key",
+    "decision_samples": "the decision is now trained on its exact distribution; delete the key",
+    "decision_weight": "the decision and the belief have separate losses now; delete the key (see training.belief_coef)",
+    "kl_clamp": "delete the key; training.kl_coef sets the belief leash",
+    "carry_optimizer": "each phase starts a fresh optimizer; delete the key",
+    "excess_return": "hindsight pay is always measured on standardised excess returns; delete the key",
+    "reward_scale": "hindsight pay is standardised; delete the key (training.trust bounds a phase's step)",
+    "group_size": "renamed: use training.beliefs_per_state",
+    "lora_dropout": "delete the key",
+    "reward": "moved: set market.reward",
+    "risk_aversion": "moved: set market.risk_aversion",
+}
