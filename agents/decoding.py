@@ -38,7 +38,7 @@ _NUMBER_CHARS = set("+-.0123456789")
 def _complete_numbers() -> set[str]:
     """Every accepted spelling of a decision: -10 ... +10, sign required, at most one decimal."""
     spellings: set[str] = set()
-    for whole in range(0, 11):
+    for whole in range(11):
         decimals = [""] + ([".0"] if whole == 10 else [f".{d}" for d in range(10)])
         for decimal in decimals:
             for sign in ("-", "+"):
@@ -105,13 +105,11 @@ class SlotParts:
 
 def split_tokens(vocabulary: SlotVocabulary, belief_budget: int, completion_ids: list[int]) -> SlotParts:
     """Replay the slot over a completion's tokens: where the belief ended and the number began."""
-    length = 0
-    for index, token in enumerate(completion_ids):
-        length += 1
+    for length, token in enumerate(completion_ids, start=1):
         if vocabulary.belief_ends(token, length, belief_budget):
-            belief = list(completion_ids[: index + 1])
+            belief = list(completion_ids[:length])
             marker = list(vocabulary.marker_after(belief))
-            return SlotParts(belief, marker, list(completion_ids[index + 1 + len(marker):]))
+            return SlotParts(belief, marker, list(completion_ids[length + len(marker):]))
     return SlotParts(list(completion_ids), [], [])
 
 

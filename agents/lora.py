@@ -137,6 +137,13 @@ class StackedAdapters:
     def route(self, rows):
         return self.router.route(rows)
 
+    def detach(self) -> None:
+        """Put the model's own linear layers back (the adapters are dropped)."""
+        for name, layer in self.layers.items():
+            parent_name, _, child = name.rpartition(".")
+            setattr(self.model.get_submodule(parent_name), child, layer.base)
+        self.layers = {}
+
     def parameters(self) -> list[torch.nn.Parameter]:
         """The stacked tensors, A then B of every layer: dimension 0 is the agent."""
         return [param for layer in self.layers.values() for param in (layer.lora_A, layer.lora_B)]

@@ -1,7 +1,9 @@
 """Compare two runs table by table: the check behind "same seed, same tables" and resume.
 
 Wall-clock columns (latencies, timings, commit times) and paths that contain the run directory
-are left out; every other column must be equal, row for row, in a canonical order.
+are left out; every other column the two runs share must be equal, row for row, in a canonical
+order. Columns only one of them has (a run made by another version of the engine) are named in
+the detail and do not count against them.
 
     python -m simulation compare runs/base runs/base-2
 """
@@ -54,11 +56,15 @@ def compare_runs(first: str | Path, second: str | Path) -> list[TableComparison]
     results = []
     for table in TABLES:
         a, b = load_table(first, table), load_table(second, table)
-        if a.shape != b.shape:
-            results.append(TableComparison(table, (len(a), len(b)), False, f"shape {a.shape} vs {b.shape}"))
+        if len(a) != len(b):
+            results.append(TableComparison(table, (len(a), len(b)), False, f"{len(a)} rows vs {len(b)}"))
             continue
-        differing = [column for column in a.columns if not _same(a[column], b[column])]
+        shared = [column for column in a.columns if column in b.columns]
+        differing = [column for column in shared if not _same(a[column], b[column])]
         detail = "identical" if not differing else "differs in " + ", ".join(differing)
+        only = [f"{column} (first only)" for column in a.columns if column not in b.columns] + [f"{column} (second only)" for column in b.columns if column not in a.columns]
+        if only:
+            detail += "; columns " + ", ".join(only)
         results.append(TableComparison(table, (len(a), len(b)), not differing, detail))
     return results
 

@@ -34,7 +34,12 @@ from analysis.plots import (
     to_png,
 )
 from analysis.rundb import has_rows, open_run_db, resolve_run_db
-from analysis.stylized_facts import SP500_LABEL, sp500_sample, stylized_facts, stylized_facts_table
+from analysis.stylized_facts import (
+    SP500_LABEL,
+    sp500_sample,
+    stylized_facts,
+    stylized_facts_table,
+)
 from core.errors import UserError
 
 REPORT_FILE = "report.html"

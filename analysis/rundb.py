@@ -14,8 +14,7 @@ from pathlib import Path
 import duckdb
 
 from core.errors import UserError
-
-RUN_DB_FILE = "run.duckdb"
+from core.store import RUN_DB_FILE
 
 
 def resolve_run_db(path: str | Path) -> Path:

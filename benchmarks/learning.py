@@ -283,9 +283,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="JSON result file (default benchmarks/results/learning.json)")
     args = parser.parse_args()
     settings = parse_settings(args.set + ([f"seeds={args.seeds}"] if args.seeds else []), QUICK if args.quick else None)
+    recorded = provenance()  # the code as it is when the run starts
     started = time.perf_counter()
     agents = [record for seed in settings.seeds for record in run_seed(settings, seed)]
-    result = {"settings": settings.model_dump(), "provenance": provenance(), "seconds": round(time.perf_counter() - started, 1),
+    result = {"settings": settings.model_dump(), "provenance": recorded, "seconds": round(time.perf_counter() - started, 1),
               "agents": agents, "summary": summarise(agents)}
     print(report(result))
     out = args.out or RESULTS_DIR / f"learning{'-quick' if args.quick else ''}.json"

@@ -24,7 +24,7 @@ def parse_value(text: str):
 def split_override(pair: str, source: str) -> tuple[str, str]:
     key, equals, value = pair.partition("=")
     if not equals or not key.strip() or any(not part for part in key.strip().split(".")):
-        raise UserError(source, pair, "an override must be KEY=VALUE with a dotted key", "write it like training.step_size=2")
+        raise UserError(source, pair, "an override must be KEY=VALUE with a dotted key", "write it like training.trust=0.2")
     return key.strip(), value.strip()
 
 

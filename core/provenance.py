@@ -7,7 +7,7 @@ import json
 import os
 import platform
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 PACKAGES = ("torch", "transformers", "peft", "mesa", "duckdb", "numpy", "pandas", "pydantic", "gguf", "sentence-transformers")
@@ -38,7 +38,7 @@ def provenance() -> dict:
     """Commit, dirty flag, package versions, machine and time, for a result file."""
     commit, dirty = git_commit()
     return {"commit": commit, "dirty": dirty, "packages": package_versions(), "machine": platform.machine(),
-            "cpus": os.cpu_count(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "cpus": os.cpu_count(), "created": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
 def package_versions_json() -> str:

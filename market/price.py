@@ -13,8 +13,8 @@ This is a linear price-impact rule, not an order book; a call auction or a book 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from analysis.compare import compare_runs  # noqa: E402
+from analysis.compare import compare_runs
 
 
 def run_command(args: list[str]) -> list[str]:
@@ -93,9 +93,9 @@ def main() -> int:
         run_dir, doing = killed_run(args.scenario, out, delay)
         if run_dir is None:
             print(f"kill {index:2d} at {delay:5.1f} s: no run directory yet ({doing}); starting it again")
-            subprocess.run(["rm", "-rf", str(out)])
+            subprocess.run(["rm", "-rf", str(out)], check=False)
             continue
-        resumed = subprocess.run(run_command(["--resume", str(run_dir)]), cwd=ROOT, capture_output=True, text=True)
+        resumed = subprocess.run(run_command(["--resume", str(run_dir)]), check=False, cwd=ROOT, capture_output=True, text=True)
         if resumed.returncode != 0:
             detail = (resumed.stderr.strip().splitlines() or ["?"])[-1]
             trials.append({"delay_s": delay, "while": doing, "identical": False, "detail": f"resume failed: {detail}"})

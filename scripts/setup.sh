@@ -22,7 +22,10 @@ if ! .venv/bin/python -c 'import torch' 2>/dev/null; then
         $PIP install --quiet "torch==$TORCH_VERSION"
     else
         echo "setup: no GPU, installing the CPU build of torch $TORCH_VERSION"
-        $PIP install --quiet "torch==$TORCH_VERSION" --index-url https://download.pytorch.org/whl/cpu \
+        # The PyTorch CPU index first, with no retries and a short timeout: a machine that cannot
+        # reach it (no internet beyond the package registry) falls back at once to the registry,
+        # which may hold the CPU build itself, instead of spending a minute in pip's retries.
+        $PIP install --quiet --retries 0 --timeout 15 "torch==$TORCH_VERSION" --index-url https://download.pytorch.org/whl/cpu 2>/dev/null \
             || $PIP install --quiet "torch==$TORCH_VERSION"
     fi
 fi

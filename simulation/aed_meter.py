@@ -2,24 +2,27 @@
 
 The probe set is K dates spread evenly over the run's dates (times each asset), fixed for the
 whole run. At a measurement every agent sees each probe state as it would have then (its own
-categories, the data's fundamental price, no news, no memory) and answers greedily, with its
-current adapter. AED's decision dispersion is taken over each agent's exact expected decision
-after its greedy belief, at its own temperature (a greedy answer reads only the distribution's
-mode, which barely moves); the sampled decision is stored beside it. Decisions and belief
-embeddings go to `analysis.aed`; drift is taken against the
-previous measurement, which is read back from the database so a resumed run measures the same.
+categories, the data's fundamental price, no news, no memory) and answers with its current
+adapter (the model's `answer_probes`): a greedy belief, then the decision. AED's decision
+dispersion is taken over each agent's exact expected decision after that belief, at its own
+temperature (a greedy answer reads only the distribution's mode, which barely moves); a sampled
+decision is stored beside it. Decisions and belief embeddings go to `analysis.aed`; drift is
+taken against the previous measurement, read back from the database so a resumed run measures
+the same.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from agents.llm import Completion
 from analysis.aed import AEDResult, aed_rows, measure_aed
 from analysis.embeddings import embed_beliefs, load_embedder
-from simulation.config import AEDConfig
+from simulation.scenario import AEDConfig
 
 
 @dataclass
@@ -43,10 +46,16 @@ class AEDMeasurement:
 
 
 class AEDMeter:
-    def __init__(self, config: AEDConfig, run_dates: list[pd.Timestamp]):
-        self.config = config
+    """Picks the probe states once, then measures AED from the agents' answers on them.
+
+    It needs two things from the run: `answer`, a function that puts the probe states to every
+    agent in one batch and returns the completions as [probe][asset][agent] (the model's
+    `answer_probes`), and the run's store, to read back the previous measurement."""
+
+    def __init__(self, config: AEDConfig, run_dates: list[pd.Timestamp], store):
+        self.config, self.store = config, store
         picks = np.linspace(0, len(run_dates) - 1, num=min(config.probes, len(run_dates))).round().astype(int)
-        self.probe_steps = sorted(set(int(i) for i in picks))
+        self.probe_steps = sorted({int(i) for i in picks})
         self.probe_dates = [run_dates[i] for i in self.probe_steps]
         self._embedder = None
 
@@ -56,35 +65,26 @@ class AEDMeter:
             self._embedder = load_embedder(self.config.embedder)
         return self._embedder
 
-    def answers(self, model) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
-        """Every agent's expected decision, sampled decision and greedy belief on every probe:
-        shapes (K, N), (K, N) and K x N.
-
-        All probes go through the model as one batch (greedy, so the step passed for seeding is
-        immaterial); rows are then split back per probe and asset."""
-        per_probe = []
-        for probe_step, date in zip(self.probe_steps, self.probe_dates):
-            prices = {asset: float(model.fundamental.loc[date, asset]) for asset in model.assets}
-            per_probe.append(model.gather_factors(probe_step, date, news={}, use_memory=False, prices=prices))
-        completions = model.deliberate(self.probe_steps[0], [o for observations in per_probe for o in observations], greedy=True, seed_key="aed")
-        expected, sampled, beliefs, start = [], [], [], 0
-        for observations in per_probe:
-            probe_completions, start = completions[start:start + len(observations)], start + len(observations)
-            for asset in model.assets:
-                rows = [c for o, c in zip(observations, probe_completions) if o.asset == asset]
+    def answers(self, answer: Callable[[list[tuple[int, pd.Timestamp]]], list[list[list[Completion]]]]) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
+        """Every agent's expected decision, sampled decision and greedy belief on every probe and
+        asset: shapes (K, N), (K, N) and K x N, K = probes x assets."""
+        expected, sampled, beliefs = [], [], []
+        for per_asset in answer(list(zip(self.probe_steps, self.probe_dates))):
+            for rows in per_asset:
                 expected.append([c.expected_decision for c in rows])
                 sampled.append([c.decision_depth for c in rows])
                 beliefs.append([c.belief for c in rows])
         return np.array(expected, dtype=float), np.array(sampled, dtype=float), beliefs
 
-    def measure(self, model, phase: int, step: int) -> AEDMeasurement:
-        expected, sampled, beliefs = self.answers(model)
-        previous = self._previous(model.store, phase)
+    def measure(self, answer, phase: int, step: int) -> AEDMeasurement:
+        expected, sampled, beliefs = self.answers(answer)
+        previous = self._previous(phase)
         result = measure_aed(phase, step, expected, embed_beliefs(self.embedder, beliefs), previous)
         return AEDMeasurement(result, beliefs, self.embedder.name, sampled)
 
-    def _previous(self, store, phase: int) -> AEDResult | None:
+    def _previous(self, phase: int) -> AEDResult | None:
         """The last measurement before `phase`, rebuilt from the aed_probes table."""
+        store = self.store
         earlier = store.query("SELECT max(phase) AS phase FROM aed WHERE phase < ?", [phase])["phase"]
         if not len(earlier) or pd.isna(earlier.iloc[0]):
             return None

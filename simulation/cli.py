@@ -35,7 +35,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.resume:
         result = runs.resume(args.resume, plain=args.plain)
     elif args.scenario:
-        result = runs.start(args.scenario, plain=args.plain, output_dir=args.output_dir)
+        result = runs.start(args.scenario, plain=args.plain, output_dir=args.output_dir, overrides=args.set)
     else:
         raise UserError(None, None, "nothing to run", "give a scenario file (python -m simulation run scenarios/base.toml) or --resume RUN_DIR")
     print(f"\nrun {result.status} in {result.seconds:.0f} s: {result.steps} steps")
@@ -48,10 +48,10 @@ def _run(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     from agents.llm import resolve_source
-    from simulation.config import load_scenario
     from simulation.run import load_data
+    from simulation.scenario import load_scenario
 
-    scenario = load_scenario(args.scenario)
+    scenario = load_scenario(args.scenario, args.set)
     data, dates = load_data(scenario, args.scenario)
     source = resolve_source(scenario.model.path, scenario.model.gguf_file)
     groups = ", ".join(f"{g.name} x{g.count} ({'+'.join(g.categories)})" for g in scenario.agents.groups)
@@ -82,6 +82,20 @@ def _compare(args: argparse.Namespace) -> int:
     return 0 if identical == len(results) else 1
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from simulation.evaluate import evaluate
+
+    _quiet_libraries()
+    result = evaluate(args.run, phase=args.phase, start=args.start, end=args.end, data_scenario=args.data, seeds=args.seeds,
+                      impact=args.impact, allow_overlap=args.allow_overlap)
+    print(f"evaluation of {result.days} days{' (IN-SAMPLE: dates the run traded on)' if result.in_sample else ''} in {result.seconds:.0f} s")
+    print(f"database: {result.database}")
+    print("  SELECT strategy, level, group_name, agent_id, metric, round(value, 4) AS value, round(ci_low, 4) AS low, round(ci_high, 4) AS high")
+    print("  FROM eval_metrics WHERE metric IN ('corr', 'corr_expected', 'mean_pay', 'sharpe') AND level != 'agent' ORDER BY metric, strategy;")
+    print(f"report:   python -m simulation report {args.run}")
+    return 0
+
+
 def _keys(args: argparse.Namespace) -> int:
     from simulation.reference import scenario_reference
 
@@ -97,9 +111,12 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last committed step")
     run.add_argument("--plain", action="store_true", help="plain progress lines instead of the live console")
     run.add_argument("--output-dir", help="override run.output_dir")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a scenario key, validated as if written in the file (dotted key, TOML value), e.g. --set training.trust=0.2 --set run.seed=3")
     run.set_defaults(handler=_run)
     validate = commands.add_parser("validate", help="check a scenario file without running it", description="Validate a scenario: schema, data, categories, model path.")
     validate.add_argument("scenario", help="scenario TOML file")
+    validate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a scenario key, as for run")
     validate.set_defaults(handler=_validate)
     report = commands.add_parser("report", help="write an HTML report of one or more runs", description="Write a self-contained HTML report from run databases.")
     report.add_argument("runs", nargs="+", help="run directories (or run.duckdb files); several are compared side by side")
@@ -109,6 +126,18 @@ def parser() -> argparse.ArgumentParser:
     compare.add_argument("first", help="run directory or run.duckdb")
     compare.add_argument("second", help="run directory or run.duckdb")
     compare.set_defaults(handler=_compare)
+    evaluate = commands.add_parser("evaluate", help="replay a run's trained agents on dates it never traded, beside baselines",
+                                   description="Out-of-sample evaluation of a run's agents (frozen) against buy-and-hold, momentum, their own first factor and "
+                                               "the untrained agents, with bootstrap intervals; writes <run>/evaluation.duckdb.")
+    evaluate.add_argument("run", help="run directory (or run.duckdb)")
+    evaluate.add_argument("--phase", type=int, help="the adapters of this training phase (default: the last; 0 = untrained)")
+    evaluate.add_argument("--start", help="first evaluation date (default: the day after the run's last traded date)")
+    evaluate.add_argument("--end", help="last evaluation date (default: the data's last)")
+    evaluate.add_argument("--data", metavar="SCENARIO", help="evaluate on this scenario's data instead (e.g. the S&P 500 sample)")
+    evaluate.add_argument("--seeds", type=int, default=1, help="evaluation passes, each with its own sampling seed (default 1)")
+    evaluate.add_argument("--impact", type=float, default=0.0, help="market impact during the evaluation (default 0: the data's own prices)")
+    evaluate.add_argument("--allow-overlap", action="store_true", help="allow dates the run traded on (every figure is then marked in-sample)")
+    evaluate.set_defaults(handler=_evaluate)
     keys = commands.add_parser("keys", help="print the scenario reference (every key, default and range)")
     keys.set_defaults(handler=_keys)
     return root

@@ -11,11 +11,18 @@ from __future__ import annotations
 import statistics
 import sys
 import time
+from typing import Self
 
 from rich.console import Console, Group
 from rich.live import Live
 from rich.panel import Panel
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
@@ -49,6 +56,11 @@ class _History:
         self.events: list[str] = []
         self.started = time.perf_counter()
         self.steps_recorded = 0
+        self.warnings = None  # a simulation.warnings_log.WarningsLog while a run is driven
+
+    @property
+    def warning_count(self) -> int:
+        return self.warnings.count if self.warnings is not None else 0
 
     def record_step(self, report) -> None:
         for asset, clearing in report.clearings.items():
@@ -64,16 +76,16 @@ class _History:
 class LiveConsole:
     """A Rich dashboard redrawn after each step (needs a terminal)."""
 
-    def __init__(self, total_steps: int, header: dict[str, str], agents: list, console: Console | None = None):
+    def __init__(self, total_steps: int, header: dict[str, str], console: Console | None = None):
         self.console = console or Console()
         self.history = _History(total_steps, header)
-        self.agents = agents
+        self.agents = []  # the model's agents, from the first step on
         self.progress = Progress(TextColumn("[bold]step {task.completed}/{task.total}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=self.console)
         self.task = self.progress.add_task("run", total=total_steps)
         self.live = Live(self.render(), console=self.console, refresh_per_second=4, transient=False)
 
-    def __enter__(self) -> LiveConsole:
+    def __enter__(self) -> Self:
         self.live.__enter__()
         return self
 
@@ -84,7 +96,11 @@ class LiveConsole:
     def start_at(self, step: int) -> None:
         self.progress.update(self.task, completed=step)
 
+    def watch_warnings(self, log) -> None:
+        self.history.warnings = log
+
     def on_step(self, model, report) -> None:
+        self.agents = list(model.agents)
         self.history.record_step(report)
         self.progress.update(self.task, completed=report.step + 1)
         self.live.update(self.render())
@@ -125,6 +141,7 @@ class LiveConsole:
             market.add_row("decisions", f"mean {statistics.fmean(report.decisions):+.2f}  std {spread:.2f}  min {min(report.decisions):+.1f}  max {max(report.decisions):+.1f}")
             market.add_row("speed", f"{report.seconds:.1f} s/step  {len(report.decisions) / report.seconds:.2f} decisions/s  {report.completion_tokens / report.seconds:.0f} tokens/s")
             market.add_row("fallbacks", f"{history.fallbacks} of {history.decisions} decisions")
+            market.add_row("warnings", f"{history.warning_count} from libraries (kept out of this screen; see the run's warnings table)")
             parts.append(Panel(market, title="market", border_style="green"))
             parts.append(self.agent_table())
         if history.phase_rows or history.aed:
@@ -175,7 +192,7 @@ class PlainConsole:
         self.history = _History(total_steps, header)
         self.print("  ".join(f"{key}: {value}" for key, value in header.items()))
 
-    def __enter__(self) -> PlainConsole:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -188,6 +205,9 @@ class PlainConsole:
         if step:
             self.print(f"resuming at step {step}")
 
+    def watch_warnings(self, log) -> None:
+        self.history.warnings = log
+
     def on_step(self, model, report) -> None:
         self.history.record_step(report)
         total = self.history.total_steps
@@ -196,7 +216,7 @@ class PlainConsole:
         prices = " ".join(f"{asset} {c.next_price:.2f} (fund. {report.fundamental_prices[asset]:.2f}, net demand {c.net_demand:+.2f})" for asset, c in report.clearings.items())
         spread = statistics.pstdev(report.decisions) if len(report.decisions) > 1 else 0.0
         self.print(f"step {report.step + 1}/{total} {report.date} {prices} decisions mean {statistics.fmean(report.decisions):+.2f} std {spread:.2f} "
-                   f"fallbacks {report.fallbacks} | {report.seconds:.1f} s, {len(report.decisions) / report.seconds:.2f} decisions/s, ETA {eta:.0f} s")
+                   f"fallbacks {report.fallbacks} warnings {self.history.warning_count} | {report.seconds:.1f} s, {len(report.decisions) / report.seconds:.2f} decisions/s, ETA {eta:.0f} s")
         for text in report.events:
             self.print(f"  event: {text}")
 

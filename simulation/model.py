@@ -4,9 +4,11 @@
     and after every `training.every` steps: a training phase, then an AED measurement.
 
 All agents deliberate in one batched pass through the shared model (each row with its own LoRA
-adapter), so there is no per-agent scheduler: Mesa's `AgentSet` holds the agents and the model
-asks each for its observation and hands each its payoff. Every random draw comes from a child of
-the master seed keyed by the step, so a resumed run continues exactly where it stopped.
+adapter), so there is no per-agent scheduler: Mesa's `AgentSet` holds the agents (in agent-id
+order) and the model asks each for its observation and hands each its payoff. The model is built
+whole: its trainer and AED meter (None when the scenario turns them off) and its observer are
+given to the constructor. Mesa's `rng` is re-seeded at the start of every step from a child of the
+master seed keyed by the step, so every random draw of step t is the same in a resumed run.
 """
 
 from __future__ import annotations
@@ -20,15 +22,18 @@ import numpy as np
 import pandas as pd
 
 from agents.investor import AgentSpec, InvestorAgent, Observation
-from agents.prompts import Memory, Persona
 from agents.llm import LLM, Completion
+from agents.prompts import Memory, Persona
+from core.seeding import child_seed
+from core.store import RunStore
 from market.data import MarketData
 from market.factor_store import FactorStore
-from market.price import Clearing, clear
-from simulation.config import Scenario, NewsEvent, ShockEvent, ImpactEvent
-from core.seeding import child_seed
-from simulation.store import RunStore
 from market.payoff import recent_variance, reward
+from market.price import Clearing, clear
+from simulation.aed_meter import AEDMeasurement, AEDMeter
+from simulation.scenario import ImpactEvent, NewsEvent, Scenario, ShockEvent
+from training.phase import PhaseRow, Trainer
+from training.samples import Sample
 
 
 @dataclass
@@ -48,14 +53,26 @@ class StepReport:
 
 class Observer(Protocol):
     def on_step(self, model: MarketModel, report: StepReport) -> None: ...
-    def on_phase_agent(self, phase: int, row) -> None: ...
-    def on_phase_done(self, phase: int, rows: list) -> None: ...
-    def on_aed(self, phase: int, result) -> None: ...
+    def on_phase_agent(self, phase: int, row: PhaseRow) -> None: ...
+    def on_phase_done(self, phase: int, rows: list[PhaseRow]) -> None: ...
+    def on_aed(self, phase: int, result: AEDMeasurement) -> None: ...
+
+
+class Silent:
+    """An observer that shows nothing (evaluations, tests)."""
+
+    def on_step(self, model: MarketModel, report: StepReport) -> None: ...
+    def on_phase_agent(self, phase: int, row: PhaseRow) -> None: ...
+    def on_phase_done(self, phase: int, rows: list[PhaseRow]) -> None: ...
+    def on_aed(self, phase: int, result: AEDMeasurement) -> None: ...
 
 
 class MarketModel(mesa.Model):
-    def __init__(self, scenario: Scenario, data: MarketData, dates: list[pd.Timestamp], store: RunStore, llm: LLM, *, trainer=None, aed_meter=None, observer: Observer | None = None):
-        super().__init__(rng=scenario.run.seed)
+    def __init__(self, scenario: Scenario, data: MarketData, dates: list[pd.Timestamp], store: RunStore, llm: LLM, *,
+                 trainer: Trainer | None, aed_meter: AEDMeter | None, observer: Observer, adapter_version: int = 0):
+        """`trainer` trains the agents' adapters (None: no training); `adapter_version` is the phase
+        behind adapters that are already loaded (an evaluation's)."""
+        super().__init__(rng=np.random.default_rng(child_seed(scenario.run.seed, "model")))
         self.scenario, self.data, self.dates, self.store, self.llm = scenario, data, dates, store, llm
         self.trainer, self.aed_meter, self.observer = trainer, aed_meter, observer
         self.master_seed = scenario.run.seed
@@ -65,14 +82,20 @@ class MarketModel(mesa.Model):
         self.recent_variance = recent_variance(self.returns)
         closes = data.prices.pivot(index="date", columns="asset", values="close")
         self.fundamental = closes.loc[dates] / closes.loc[dates[0]] * scenario.market.initial_price
-        self.investors = [InvestorAgent(self, spec) for spec in agent_specs(scenario)]
+        for spec in agent_specs(scenario):
+            InvestorAgent(self, spec)  # Mesa registers it in self.agents
         self.next_step = 0
+        self.loaded_version = adapter_version
         self.prices = {asset: scenario.market.initial_price for asset in self.assets}
+
+    def investor(self, agent_id: int) -> InvestorAgent:
+        return self.agents[agent_id]  # agents were created in agent-id order
 
     # --- the story of one step --------------------------------------------------------------
 
     def step(self) -> StepReport:
         t, started = self.next_step, time.perf_counter()
+        self.rng = np.random.default_rng(child_seed(self.master_seed, "noise", t))  # step t draws the same whatever came before
         news, shocks, fired = self.fire_events(t)
         date, next_date = self.dates[t], self.dates[t + 1]
         observations = self.gather_factors(t, date, news)
@@ -85,8 +108,7 @@ class MarketModel(mesa.Model):
                             seconds, sum(len(c.completion_ids) for c in completions), fired)
         self.commit(t, date, clearings, shocks, rows, observations, report)
         self.next_step = t + 1
-        if self.observer:
-            self.observer.on_step(self, report)
+        self.observer.on_step(self, report)
         if self.training_due(t):
             self.training_phase(t)
         return report
@@ -120,7 +142,7 @@ class MarketModel(mesa.Model):
     def gather_factors(self, t: int, date: pd.Timestamp, news: dict[str, list[str]], use_memory: bool = True, prices: dict[str, float] | None = None) -> list[Observation]:
         """factors(t): each agent gets only its categories, dated at or before `date`."""
         observations = []
-        for agent in self.investors:
+        for agent in self.agents:
             for asset in self.assets:
                 factors = self.factor_store.visible(date, asset, agent.spec.visible_categories)
                 visible_news = [text for category in agent.spec.visible_categories for text in news.get(category, [])]
@@ -133,20 +155,20 @@ class MarketModel(mesa.Model):
         `greedy` writes greedy beliefs (AED probes); decisions keep the agent's own temperature."""
         model_config = self.scenario.model
         prompts = [self.llm.chat_prompt(o.system, o.user) for o in observations]
-        temperatures = [0.0 if greedy else self.investors[o.agent_id].spec.temperature for o in observations]
-        decision_temperatures = [self.investors[o.agent_id].spec.temperature for o in observations]  # the agent's own policy, also on greedy probes
-        agents = [o.agent_id for o in observations] if self.trainer else None
+        specs = [self.investor(o.agent_id).spec for o in observations]
+        temperatures = [0.0 if greedy else spec.temperature for spec in specs]
+        decision_temperatures = [spec.temperature for spec in specs]  # the agent's own policy, also on greedy probes
+        agents = [o.agent_id for o in observations] if self.llm.adapters is not None else None
         return self.llm.generate(prompts, temperatures, agents, belief_tokens=model_config.belief_tokens,
                                  max_prompt_tokens=model_config.max_prompt_tokens, batch_size=model_config.batch_size,
                                  seed=child_seed(self.master_seed, seed_key, t), decision_temperatures=decision_temperatures)
 
     def clear(self, t: int, next_date: pd.Timestamp, observations: list[Observation], completions: list[Completion], shocks: dict[str, float]) -> dict[str, Clearing]:
         """clear(t): net demand per asset moves its price to t+1."""
-        noise_rng = np.random.default_rng(child_seed(self.master_seed, "noise", t))
         clearings = {}
         for asset in self.assets:
             decisions = [c.decision_depth for o, c in zip(observations, completions) if o.asset == asset]
-            noise = float(noise_rng.normal(0.0, self.scenario.market.noise)) if self.scenario.market.noise > 0 else 0.0
+            noise = float(self.rng.normal(0.0, self.scenario.market.noise)) if self.scenario.market.noise > 0 else 0.0
             clearings[asset] = clear(self.prices[asset], float(self.returns.loc[next_date, asset]), decisions,
                                      impact=self.impact_at(t), noise=noise, shock=shocks.get(asset, 0.0))
         return clearings
@@ -156,12 +178,12 @@ class MarketModel(mesa.Model):
         market = self.scenario.market
         rows = []
         for observation, completion in zip(observations, completions):
-            agent = self.investors[observation.agent_id]
+            agent = self.investor(observation.agent_id)
             realised = clearings[observation.asset].simulated_return
             paid = reward(market.reward, realised, completion.decision_depth, risk_preference=agent.spec.persona.risk_preference,
                           risk_aversion=market.risk_aversion, recent_variance=self.variance_at(date, observation.asset))
             agent.settle(date=str(date.date()), belief=completion.belief, decision_depth=completion.decision_depth, realised_return=realised, reward=paid)
-            rows.append(decision_row(t, date, observation, completion, realised, paid, agent.wealth, self.adapter_version(agent.agent_id)))
+            rows.append(decision_row(t, date, agent.spec.group, observation, completion, realised, paid, agent.wealth, self.adapter_version(agent.agent_id)))
         for asset, clearing in clearings.items():
             self.prices[asset] = clearing.next_price
         return rows
@@ -207,7 +229,7 @@ class MarketModel(mesa.Model):
         history = self.store.query("SELECT * FROM decisions ORDER BY step, agent_id")
         asset_order = {asset: i for i, asset in enumerate(self.assets)}
         history = history.assign(asset_order=history["asset"].map(asset_order)).sort_values(["step", "agent_id", "asset_order"])
-        for agent in self.investors:
+        for agent in self.agents:
             rows = history[history["agent_id"] == agent.agent_id]
             agent.cumulative_reward = float(rows["reward"].sum())
             last_row = rows.iloc[-1]
@@ -221,11 +243,10 @@ class MarketModel(mesa.Model):
     def catch_up_learning(self) -> None:
         """Measure AED at phase 0, and run a training phase that a crash interrupted."""
         if self.aed_meter is not None and self.next_step == 0 and not self._aed_measured(0):
-            result = self.aed_meter.measure(self, 0, -1)
+            result = self.aed_meter.measure(self.answer_probes, 0, -1)
             with self.store.transaction():
                 result.insert_into(self.store)
-            if self.observer:
-                self.observer.on_aed(0, result)
+            self.observer.on_aed(0, result)
         last = self.next_step - 1
         if last >= 0 and self.training_due(last):
             phase = (last + 1) // self.scenario.training.every
@@ -241,36 +262,48 @@ class MarketModel(mesa.Model):
         return self.trainer is not None and (t + 1) % self.scenario.training.every == 0
 
     def adapter_version(self, agent_id: int) -> int:
-        """Training phases applied so far (0 = the base model's behaviour)."""
-        return self.next_step // self.scenario.training.every if self.trainer else 0
+        """Training phases behind the adapter the agent decides with (0 = the base model's behaviour)."""
+        return self.next_step // self.scenario.training.every if self.trainer else self.loaded_version
 
     def training_phase(self, t: int) -> None:
         """Train every agent on its samples since the last phase, then measure AED."""
         phase = (t + 1) // self.scenario.training.every
         samples = self.trainer_samples(t)
-        on_agent = (lambda row: self.observer.on_phase_agent(phase, row)) if self.observer else None
-        rows = self.trainer.run_phase(phase, t, samples, seed=child_seed(self.master_seed, "phase", phase), on_agent_done=on_agent)
-        aed_rows = self.aed_meter.measure(self, phase, t) if self.aed_meter else None
+        rows = self.trainer.run_phase(phase, t, samples, seed=child_seed(self.master_seed, "phase", phase),
+                                      on_agent_done=lambda row: self.observer.on_phase_agent(phase, row))
+        aed_rows = self.aed_meter.measure(self.answer_probes, phase, t) if self.aed_meter else None
         with self.store.transaction():
             self.store.insert("training", [row.__dict__ for row in rows])
             if aed_rows:
                 aed_rows.insert_into(self.store)
-        if self.observer:
-            self.observer.on_phase_done(phase, rows)
-            if aed_rows:
-                self.observer.on_aed(phase, aed_rows)
+        self.observer.on_phase_done(phase, rows)
+        if aed_rows:
+            self.observer.on_aed(phase, aed_rows)
 
-    def trainer_samples(self, t: int) -> dict[int, list]:
-        from training.samples import Sample
+    def answer_probes(self, probes: list[tuple[int, pd.Timestamp]]) -> list[list[list[Completion]]]:
+        """Every agent's answer on each probe state, in one batch: [probe][asset][agent]. A probe is
+        the state at (step, date) as an agent would see it then, at the data's fundamental price,
+        with no news and no memory; beliefs are greedy, the decision keeps the agent's temperature."""
+        observations = []
+        for probe_step, date in probes:
+            prices = {asset: float(self.fundamental.loc[date, asset]) for asset in self.assets}
+            observations.append(self.gather_factors(probe_step, date, news={}, use_memory=False, prices=prices))
+        completions = iter(self.deliberate(probes[0][0], [o for probe in observations for o in probe], greedy=True, seed_key="aed"))
+        answers = []
+        for probe in observations:
+            answered = [(o, next(completions)) for o in probe]
+            answers.append([[c for o, c in answered if o.asset == asset] for asset in self.assets])
+        return answers
 
+    def trainer_samples(self, t: int) -> dict[int, list[Sample]]:
         limit = self.scenario.training.max_samples  # most recent decisions per agent (0 = all); a step holds at least one
         first = max(t + 1 - limit, 0) if limit else 0
         frame = self.store.query(
             "SELECT step, date, agent_id, asset, prompt, prompt_ids, completion_ids, trainable_mask, decision_depth, realised_return, reward, belief, adapter_version "
             "FROM decisions WHERE step BETWEEN ? AND ? ORDER BY agent_id, step, asset", [first, t])
-        samples: dict[int, list] = {agent.agent_id: [] for agent in self.investors}
+        samples: dict[int, list] = {agent.agent_id: [] for agent in self.agents}
         for row in frame.itertuples(index=False):
-            spec = self.investors[row.agent_id].spec
+            spec = self.investor(row.agent_id).spec
             samples[row.agent_id].append(Sample(
                 agent_id=row.agent_id, step=row.step, prompt=row.prompt, prompt_ids=list(row.prompt_ids),
                 completion_ids=list(row.completion_ids), trainable=[bool(x) for x in row.trainable_mask],
@@ -291,9 +324,9 @@ def agent_specs(scenario: Scenario) -> list[AgentSpec]:
     return specs
 
 
-def decision_row(t: int, date: pd.Timestamp, observation: Observation, completion: Completion, realised: float, paid: float, wealth: float, adapter_version: int) -> dict:
+def decision_row(t: int, date: pd.Timestamp, group: str, observation: Observation, completion: Completion, realised: float, paid: float, wealth: float, adapter_version: int) -> dict:
     return {
-        "step": t, "date": date, "agent_id": observation.agent_id, "asset": observation.asset,
+        "step": t, "date": date, "agent_id": observation.agent_id, "group_name": group, "asset": observation.asset,
         "prompt": completion.prompt, "belief": completion.belief, "completion": completion.completion,
         "decision_depth": completion.decision_depth, "fallback": completion.fallback_reason is not None,
         "fallback_reason": completion.fallback_reason, "prompt_tokens": len(completion.prompt_ids),

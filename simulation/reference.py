@@ -11,13 +11,13 @@ import typing
 
 from pydantic import BaseModel
 
-from simulation.config import Scenario, ShockEvent, NewsEvent, ImpactEvent
+from simulation.scenario import ImpactEvent, NewsEvent, Scenario, ShockEvent
 
 INTRO = """# Scenario reference
 
 A scenario is a TOML file; `scenarios/base.toml` is a commented example of every section. Unknown
 keys are errors. `python -m simulation validate FILE` checks a file (schema, data, categories,
-model path) without running it. This page is generated from `simulation/config.py` by
+model path) without running it. This page is generated from the schema (`simulation/scenario.py` and the sections it assembles) by
 `python -m simulation keys`.
 """
 
@@ -57,14 +57,25 @@ def section_table(title: str, model: type[BaseModel]) -> str:
     return "\n".join(lines)
 
 
-def scenario_reference() -> str:
+def _sections() -> list[tuple[str, str, type[BaseModel]]]:
+    """(title, dotted prefix, model) of every section, in reference order."""
     fields = Scenario.model_fields
     group = typing.get_args(fields["agents"].annotation.model_fields["groups"].annotation)[0]
     synthetic = fields["data"].annotation.model_fields["synthetic"].annotation
-    sections = [section_table(f"`{name}`", fields[name].annotation) for name in ("run", "data")]
-    sections += [section_table("`data.synthetic`", synthetic), section_table("`[[agents.groups]]`", group)]
-    sections += [section_table(f"`{name}`", fields[name].annotation) for name in ("model", "market", "training", "aed")]
+    sections = [(f"`{name}`", name, fields[name].annotation) for name in ("run", "data")]
+    sections += [("`data.synthetic`", "data.synthetic", synthetic), ("`[[agents.groups]]`", "agents.groups", group)]
+    sections += [(f"`{name}`", name, fields[name].annotation) for name in ("model", "market", "training", "aed")]
     for event in (NewsEvent, ShockEvent, ImpactEvent):
         kind = typing.get_args(event.model_fields["kind"].annotation)[0]
-        sections.append(section_table(f'`[[events]]` with `kind = "{kind}"`', event))
-    return INTRO + "\n" + "\n\n".join(sections) + "\n"
+        sections.append((f'`[[events]]` with `kind = "{kind}"`', "events", event))
+    return sections
+
+
+def documented_keys() -> list[str]:
+    """Every key a scenario may set, dotted (`training.trust`, `events.text`)."""
+    return [f"{prefix}.{name}" for _, prefix, model in _sections() for name, field in model.model_fields.items()
+            if not isinstance(field.get_default(call_default_factory=True), BaseModel)]
+
+
+def scenario_reference() -> str:
+    return INTRO + "\n" + "\n\n".join(section_table(title, model) for title, _, model in _sections()) + "\n"

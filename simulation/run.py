@@ -9,6 +9,7 @@ last saved adapters, and goes on from the last committed step. A run that fails 
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 import uuid
@@ -18,15 +19,20 @@ from pathlib import Path
 import pandas as pd
 
 from agents.llm import LLM
-from analysis.rundb import RUN_DB_FILE as DATABASE, resolve_run_db
-from market.data import MarketData
-from simulation.config import Scenario, check_against_data, load_scenario, parse_scenario
-from simulation.console import LiveConsole, PlainConsole
+from analysis.rundb import resolve_run_db
 from core.errors import DataFileError, UserError
-from simulation.model import MarketModel
 from core.provenance import package_versions_json
 from core.seeding import child_seed
-from simulation.store import RunStore
+from core.store import RUN_DB_FILE as DATABASE
+from core.store import RunStore
+from market.data import MarketData
+from simulation.aed_meter import AEDMeter
+from simulation.console import LiveConsole, PlainConsole
+from simulation.data_checks import check_against_data
+from simulation.model import MarketModel, agent_specs
+from simulation.scenario import Scenario, load_scenario, parse_scenario
+from simulation.warnings_log import captured_warnings
+from training.phase import Trainer
 
 
 @dataclass
@@ -41,6 +47,15 @@ class RunResult:
 def load_data(scenario: Scenario, scenario_file: str) -> tuple[MarketData, list[pd.Timestamp]]:
     """The scenario's dataset, windowed to its dates, and the trading dates of the run."""
     config = scenario.data
+    data = source_data(scenario, scenario_file).window(config.start, config.end)
+    dates = data.dates
+    check_against_data(scenario, scenario_file, data.categories, data.assets, len(dates))
+    return data, dates
+
+
+def source_data(scenario: Scenario, scenario_file: str) -> MarketData:
+    """The scenario's whole dataset, before `data.start` / `data.end` window it."""
+    config = scenario.data
     if config.source == "synthetic":
         from market.sources.synthetic import generate_synthetic
 
@@ -51,7 +66,7 @@ def load_data(scenario: Scenario, scenario_file: str) -> tuple[MarketData, list[
     elif config.source == "sp500":
         from market.sources.sp500 import load_sp500
 
-        data = load_sp500(config.start, config.end)
+        data = load_sp500()  # the whole sample; `load_data` windows it
     else:
         from market.sources.user_file import load_user_file
 
@@ -61,10 +76,7 @@ def load_data(scenario: Scenario, scenario_file: str) -> tuple[MarketData, list[
         if not path.exists():
             raise DataFileError(str(path), "data.path", "file not found", f"fix data.path in {scenario_file} (relative paths are read from the current directory or the scenario's folder)")
         data = load_user_file(path)
-    data = data.window(config.start, config.end)
-    dates = data.dates
-    check_against_data(scenario, scenario_file, data.categories, data.assets, len(dates))
-    return data, dates
+    return data
 
 
 def new_run_dir(output_dir: str, name: str) -> Path:
@@ -76,11 +88,9 @@ def new_run_dir(output_dir: str, name: str) -> Path:
     return candidate
 
 
-def build_trainer(scenario: Scenario, llm: LLM, run_dir: Path, agent_ids: list[int]):
+def build_trainer(scenario: Scenario, llm: LLM, run_dir: Path, agent_ids: list[int]) -> Trainer | None:
     if not scenario.training.enabled:
         return None
-    from training.phase import Trainer
-
     model, market = scenario.model, scenario.market
     trainer = Trainer(llm, scenario.training, run_dir / "adapters", agent_ids, reward=market.reward, risk_aversion=market.risk_aversion,
                       belief_tokens=model.belief_tokens, max_prompt_tokens=model.max_prompt_tokens, batch_size=model.batch_size)
@@ -88,20 +98,18 @@ def build_trainer(scenario: Scenario, llm: LLM, run_dir: Path, agent_ids: list[i
     return trainer
 
 
-def build_aed_meter(scenario: Scenario, dates: list[pd.Timestamp]):
+def build_aed_meter(scenario: Scenario, dates: list[pd.Timestamp], store: RunStore) -> AEDMeter | None:
     if not scenario.aed.enabled:
         return None
-    from simulation.aed_meter import AEDMeter
-
-    return AEDMeter(scenario.aed, dates[: scenario.run.steps])
+    return AEDMeter(scenario.aed, dates[: scenario.run.steps], store)
 
 
-def _console(scenario: Scenario, model: MarketModel, run_dir: Path, llm: LLM, plain: bool):
+def _console(scenario: Scenario, data: MarketData, run_dir: Path, llm: LLM, plain: bool):
     header = {"run": str(run_dir), "model": llm.source.model_id, "device": str(llm.device), "dtype": str(llm.dtype).removeprefix("torch."),
-              "agents": str(len(model.investors)), "data": model.data.source}
+              "agents": str(scenario.agents.n_agents), "data": data.source}
     if plain or not sys.stdout.isatty():
         return PlainConsole(scenario.run.steps, header)
-    return LiveConsole(scenario.run.steps, header, model.investors)
+    return LiveConsole(scenario.run.steps, header)
 
 
 def _load_llm(scenario: Scenario) -> LLM:
@@ -112,10 +120,11 @@ def _load_llm(scenario: Scenario) -> LLM:
     return LLM.load(scenario.model.path, scenario.model.gguf_file, scenario.model.device, scenario.model.dtype)
 
 
-def start(scenario_path: str, *, plain: bool = False, output_dir: str | None = None) -> RunResult:
-    scenario = load_scenario(scenario_path)
-    if output_dir is not None:
-        scenario = scenario.model_copy(update={"run": scenario.run.model_copy(update={"output_dir": output_dir})})
+def start(scenario_path: str, *, plain: bool = False, output_dir: str | None = None, overrides: list[str] | None = None) -> RunResult:
+    """Start a run of `scenario_path` with `KEY=VALUE` overrides (validated with the file); the run
+    records the overrides and a resume applies them again."""
+    overrides = list(overrides or []) + ([f"run.output_dir={json.dumps(output_dir)}"] if output_dir is not None else [])
+    scenario = load_scenario(scenario_path, overrides)
     data, dates = load_data(scenario, scenario_path)
     llm = _load_llm(scenario)
     run_dir = new_run_dir(scenario.run.output_dir, scenario.run.name)
@@ -125,7 +134,7 @@ def start(scenario_path: str, *, plain: bool = False, output_dir: str | None = N
     starting.mkdir(parents=True, exist_ok=True)
     store = RunStore(starting / DATABASE)
     store.start_run(run_id=f"{scenario.run.name}-{uuid.uuid4().hex[:8]}", name=scenario.run.name, scenario_path=str(Path(scenario_path).resolve()),
-                    scenario_toml=Path(scenario_path).read_text(encoding="utf-8"), master_seed=scenario.run.seed,
+                    scenario_toml=Path(scenario_path).read_text(encoding="utf-8"), overrides=json.dumps(overrides), master_seed=scenario.run.seed,
                     model_id=llm.source.model_id, model_sha256=llm.sha256, device=str(llm.device), dtype=str(llm.dtype).removeprefix("torch."),
                     package_versions=package_versions_json(), steps_planned=scenario.run.steps)
     store.close()
@@ -143,7 +152,7 @@ def resume(run_dir: str | Path, *, plain: bool = False) -> RunResult:
         raise UserError(str(database), "run", "the database has no run row (the run never started)", "start it again with: python -m simulation run SCENARIO")
     if info["status"] == "completed":
         raise UserError(str(database), "run.status", "this run is already completed", "start a new run instead of resuming")
-    scenario = parse_scenario(info["scenario_toml"], info["scenario_path"])
+    scenario = parse_scenario(info["scenario_toml"], info["scenario_path"], json.loads(info["overrides"] or "[]"))
     data, dates = load_data(scenario, info["scenario_path"])
     llm = _load_llm(scenario)
     if llm.sha256 != info["model_sha256"]:
@@ -154,22 +163,27 @@ def resume(run_dir: str | Path, *, plain: bool = False) -> RunResult:
 def _drive(scenario: Scenario, data: MarketData, dates, store: RunStore, llm: LLM, run_dir: Path, plain: bool, resumed: bool) -> RunResult:
     started = time.perf_counter()
     try:
-        model = MarketModel(scenario, data, dates, store, llm, aed_meter=build_aed_meter(scenario, dates))
+        specs = agent_specs(scenario)
+        console = _console(scenario, data, run_dir, llm, plain)
+        model = MarketModel(scenario, data, dates, store, llm, trainer=build_trainer(scenario, llm, run_dir, [spec.agent_id for spec in specs]),
+                            aed_meter=build_aed_meter(scenario, dates, store), observer=console)
         if store.scalar("SELECT count(*) FROM agents") == 0:
             # Not `if not resumed`: a run killed after its directory appeared but before this
             # line has a run row and no agents yet, and its resume must write them.
-            store.insert("agents", [agent_row(agent.spec) for agent in model.investors])
-        model.trainer = build_trainer(scenario, llm, run_dir, [agent.agent_id for agent in model.investors])
+            store.insert("agents", [agent_row(spec) for spec in specs])
         store.con.execute("UPDATE run SET status = 'running', error = NULL")
-        console = _console(scenario, model, run_dir, llm, plain)
-        model.observer = console
-        with console:
+        with captured_warnings() as warned, console:
+            console.watch_warnings(warned)
             if resumed:
                 model.restore_from_store()
                 console.start_at(model.next_step)
+            warned.step = model.next_step
             model.catch_up_learning()
+            warned.flush(store)
             while model.next_step < scenario.run.steps:
+                warned.step = model.next_step
                 model.step()
+                warned.flush(store)
     except KeyboardInterrupt:
         store.mark("interrupted", "interrupted by the user", time.perf_counter() - started)
         raise

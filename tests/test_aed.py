@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -34,7 +36,7 @@ def test_decision_dispersion_rises_with_the_spread_of_decisions():
     spreads = [0.0, 0.5, 1.0, 2.0, 5.0, 10.0]
     values = [decision_dispersion(np.tile(s * np.linspace(-1, 1, 6), (3, 1))) for s in spreads]
     assert values[0] == 0.0
-    assert all(later > earlier for earlier, later in zip(values, values[1:], strict=False))
+    assert all(later > earlier for earlier, later in itertools.pairwise(values))
     assert decision_dispersion(np.array([[-10.0, 10.0]])) == 1.0  # the maximum
 
 
@@ -145,37 +147,26 @@ def test_default_embedder_embeds_beliefs_including_empty_ones():
     assert 0.0 < belief_dispersion(embeddings) < 1.0
 
 
-def test_the_meter_answers_every_probe_in_one_batch_and_splits_it_back_per_probe_and_agent():
+def test_the_meter_asks_every_probe_at_once_and_reads_expected_decisions_per_probe_asset_and_agent():
     from types import SimpleNamespace
 
     import pandas as pd
 
     from simulation.aed_meter import AEDMeter
-    from simulation.config import AEDConfig
+    from simulation.scenario import AEDConfig
 
     dates = list(pd.date_range("2020-01-01", periods=9, freq="D"))
+    calls = []
 
-    class TwoAgentsTwoAssets:
-        """Stands in for the market model: a probe's observations, and decisions that encode them."""
+    def answer(probes):
+        """Stands in for the model: two assets, two agents, decisions that encode the probe."""
+        calls.append(probes)
+        return [[[SimpleNamespace(expected_decision=step + agent / 10, decision_depth=-step, belief=f"{asset}{agent}@{step}") for agent in (0, 1)]
+                 for asset in ("A", "B")] for step, _ in probes]
 
-        assets = ["A", "B"]
-        fundamental = pd.DataFrame(100.0, index=dates, columns=assets)
-        calls: list[int] = []
-
-        def gather_factors(self, t, date, news, use_memory, prices):
-            assert news == {} and use_memory is False
-            return [SimpleNamespace(agent_id=agent, asset=asset, t=t) for agent in (0, 1) for asset in self.assets]
-
-        def deliberate(self, t, observations, greedy, seed_key):
-            self.calls.append(len(observations))
-            assert greedy and seed_key == "aed"
-            return [SimpleNamespace(expected_decision=o.t + o.agent_id / 10, decision_depth=-o.t, belief=f"{o.asset}{o.agent_id}@{o.t}") for o in observations]
-
-    meter = AEDMeter(AEDConfig(probes=3), dates)
-    model = TwoAgentsTwoAssets()
-    decisions, sampled, beliefs = meter.answers(model)
-    assert model.calls == [3 * 2 * 2]  # one batch: 3 probes x 2 agents x 2 assets
-    assert meter.probe_steps == [0, 4, 8]
+    meter = AEDMeter(AEDConfig(probes=3), dates, store=None)
+    decisions, sampled, beliefs = meter.answers(answer)
+    assert calls == [[(0, dates[0]), (4, dates[4]), (8, dates[8])]]  # one call with every probe state
     assert decisions.tolist() == [[t, t + 0.1] for t in (0, 4, 8) for _ in ("A", "B")]  # AED reads the expected decisions
     assert sampled.tolist() == [[-t, -t] for t in (0, 4, 8) for _ in ("A", "B")]
     assert beliefs[3] == ["B0@4", "B1@4"]

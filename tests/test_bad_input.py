@@ -147,7 +147,7 @@ def test_the_real_entry_point_exits_non_zero_without_traceback(tmp_path):
         {GROUP}
         risk_preference = 7
     """))
-    process = subprocess.run([sys.executable, "-m", "simulation", "run", str(scenario)], capture_output=True, text=True, timeout=120)
+    process = subprocess.run([sys.executable, "-m", "simulation", "run", str(scenario)], check=False, capture_output=True, text=True, timeout=120)
     assert process.returncode == EXIT_USER_ERROR
     assert "Traceback" not in process.stderr
     assert process.stderr.strip().splitlines() == [process.stderr.strip()]

@@ -7,7 +7,12 @@ import torch
 
 from agents.llm import LLM
 from agents.lora import LoraSpec
-from training.belief_quality import belief_kl, belief_text_share, exact_token_kl, reads_as_market_text
+from training.belief_quality import (
+    belief_kl,
+    belief_text_share,
+    exact_token_kl,
+    reads_as_market_text,
+)
 
 PROMPT = "Fundamental factors: value_score=+1.76, earnings_yield=+3.50. In one sentence, state your belief."
 

@@ -1,6 +1,12 @@
 import pytest
 
-from agents.decoding import COMPLETE_NUMBERS, NUMBER_PREFIXES, parse_decision, split_completion, split_tokens
+from agents.decoding import (
+    COMPLETE_NUMBERS,
+    NUMBER_PREFIXES,
+    parse_decision,
+    split_completion,
+    split_tokens,
+)
 
 
 def test_every_accepted_spelling_is_a_number_in_range():
@@ -40,13 +46,12 @@ def test_every_generated_decision_is_valid_even_from_random_weights(tiny_llm):
     prompt = tiny_llm.chat_prompt("You are an investor.", "Momentum +0.5. Your belief?")
     completions = tiny_llm.generate([prompt] * 12, [1.5] * 12, belief_tokens=6, seed=3)
     for completion in completions:
-        assert completion.fallback_reason is None
-        assert -10.0 <= completion.decision_depth <= 10.0
-        assert "Decision: " in completion.completion
+        # the stored decision is what an independent parse of the written text reads
+        assert parse_decision(completion.completion) == (completion.decision_depth, None)
         assert completion.completion.rsplit("Decision: ", 1)[1][:1] in ("+", "-")  # the sign is always written
-        # the forced marker tokens are exactly the untrainable ones
-        forced = [t for t, trainable in zip(completion.completion_ids, completion.trainable) if not trainable]
-        assert tiny_llm.tokenizer.decode(forced).strip() == "Decision:"
+        parts = split_tokens(tiny_llm.slot, 6, completion.completion_ids)
+        assert not set(parts.belief_ids[:3]) & (tiny_llm.slot.newline_ids | set(tiny_llm.slot.stop_ids))  # no early newline, no stop
+    assert len({completion.decision_depth for completion in completions}) > 3  # sampled, not one answer
 
 
 def test_generation_is_reproducible_for_a_seed_and_differs_across_seeds(tiny_llm):

@@ -7,9 +7,9 @@ import json
 import duckdb
 import numpy as np
 import pytest
+from helpers import tiny_scenario
 
 from simulation.run import start
-from conftest import tiny_scenario
 
 NEWS = 'kind = "news"\nstep = 2\ncategory = "sentiment"\ntext = "The CEO resigned unexpectedly."'
 
@@ -71,13 +71,15 @@ def test_impact_zero_replays_the_data_returns_exactly(finished_run):
 
 def test_every_decision_is_in_range_and_rewarded_by_return_times_depth(finished_run):
     _, con = finished_run
-    decisions = con.execute("SELECT decision_depth, realised_return, reward, fallback FROM decisions").fetchall()
-    for depth, realised, reward, fallback in decisions:
-        assert -10.0 <= depth <= 10.0
+    decisions = con.execute("""SELECT d.decision_depth, d.realised_return, d.reward, d.expected_decision, d.decision_std, a.temperature
+                               FROM decisions d JOIN agents a USING (agent_id)""").fetchall()
+    for depth, realised, reward, expected, spread, temperature in decisions:
         assert reward == pytest.approx(realised * depth)
-        assert fallback is not None
-    rate = con.execute("SELECT avg(fallback::INT) FROM decisions").fetchall()[0][0]
-    assert rate == 0.0  # the forced slot never needs a fallback
+        if temperature == 0:
+            assert spread == pytest.approx(0.0, abs=1e-6) and expected == pytest.approx(depth, abs=1e-4)  # greedy: one decision, surely
+        else:
+            assert spread > 0.1  # a sampled decision comes from a spread distribution
+    assert len({depth for depth, *_ in decisions}) > 1
 
 
 def test_prompts_never_name_the_calendar_date(finished_run):

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.learning import QUICK, Market, Settings, parse_settings, report, run_seed, summarise
+from benchmarks.learning import (
+    QUICK,
+    Market,
+    Settings,
+    parse_settings,
+    report,
+    run_seed,
+    summarise,
+)
 from core.errors import UserError
 from core.provenance import provenance
 
@@ -48,13 +56,11 @@ def test_one_seed_trains_and_reports_both_arms_on_the_tiny_model(tiny_model_dir)
     agents = run_seed(settings, 0)
     assert [agent["arm"] for agent in agents] == ["treated", "control"]
     for agent in agents:
-        for label in ("before", "after"):
-            assert -1.0 <= agent[label]["corr_expected"] <= 1.0 and -1.0 <= agent[label]["corr_sampled"] <= 1.0
-        assert agent["before"]["belief_kl"] == 0.0 and agent["after"]["belief_kl"] >= 0.0
-        assert agent["before"]["belief_value"] is None and agent["after"]["belief_value"] is not None
-        assert len(agent["training_log"]) == settings.phases
+        assert agent["after"]["belief_kl"] > 1e-4  # the adapter moved the beliefs' distribution
+        assert agent["after"]["corr_expected"] != agent["before"]["corr_expected"]
+        assert len(agent["after"]["beliefs"]) == 3 and len(agent["training_log"]) == settings.phases
+        assert agent["training_log"][0]["epochs"] >= 1
     result = {"settings": settings.model_dump(), "provenance": provenance(), "seconds": 1.0, "agents": agents, "summary": summarise(agents)}
-    assert result["provenance"]["commit"] and "packages" in result["provenance"]
-    text = report(result)
-    assert "treated seeds with held-out corr(E[d], r) >= 0.35 after training" in text
-    assert result["summary"]["treated"]["corr_expected_gain"]["values"] == [agents[0]["after"]["corr_expected"] - agents[0]["before"]["corr_expected"]]
+    assert len(result["provenance"]["commit"]) == 40 and result["provenance"]["packages"]["torch"]
+    passed = int(agents[0]["after"]["corr_expected"] >= 0.35)
+    assert f"treated seeds with held-out corr(E[d], r) >= 0.35 after training: {passed}/1" in report(result)

@@ -6,10 +6,14 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
-from conftest_analysis import insert_frame
+from run_databases import insert_frame
 
-from analysis.learning import cumulative_reward_by_group, learning_metrics, load_decisions
-from simulation.store import SCHEMA
+from analysis.learning import (
+    cumulative_reward_by_group,
+    learning_metrics,
+    load_decisions,
+)
+from core.store import SCHEMA
 
 RETURNS = [0.01, -0.02, 0.03, -0.01]
 DECISIONS = {  # agent_id -> (group, decision_depth at steps 0..3)

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from helpers import crash_then_resume, tiny_scenario
 
 from analysis.compare import compare_runs
 from simulation.model import MarketModel
 from simulation.run import start
-from conftest import crash_then_resume, tiny_scenario
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def learning_run(tmp_path_factory, tiny_model_dir):
 
 
 def test_every_phase_trains_every_agent_and_saves_its_adapter(learning_run):
-    result, con = learning_run
+    _result, con = learning_run
     rows = con.execute("SELECT phase, agent_id, samples, adapter_path, adapter_version FROM training ORDER BY phase, agent_id").fetchall()
     assert [(phase, agent) for phase, agent, *_ in rows] == [(p, a) for p in (1, 2) for a in range(5)]
     for phase, agent, samples, path, version in rows:
@@ -41,8 +41,12 @@ def test_aed_is_measured_before_training_and_after_every_phase(learning_run):
     _, con = learning_run
     aed = con.execute("SELECT phase, n_probes, n_agents, aed_decision, aed_belief FROM aed ORDER BY phase").fetchall()
     assert [row[0] for row in aed] == [0, 1, 2]
-    for _, probes, agents, decision, belief in aed:
-        assert probes == 2 and agents == 5 and 0.0 <= decision <= 1.0 and 0.0 <= belief <= 2.0
+    for phase, probes, agents, decision, belief in aed:
+        assert probes == 2 and agents == 5 and 0.0 <= belief <= 2.0
+        expected = con.execute("""SELECT avg(abs(a.expected_decision - b.expected_decision)) / 20 FROM aed_probes a JOIN aed_probes b
+                                  USING (phase, probe) WHERE phase = ? AND a.agent_id != b.agent_id""", [phase]).fetchall()[0][0]
+        assert decision == pytest.approx(expected)  # Gini's mean difference of the expected decisions, over the 5 * 4 ordered pairs
+    assert aed[0][3] > 0  # the groups read different factors at different temperatures: their expected decisions differ
     drift = con.execute("SELECT phase, count(decision_drift) FROM aed_agents GROUP BY phase ORDER BY phase").fetchall()
     assert drift == [(0, 0), (1, 5), (2, 5)]  # no drift before the first measurement
     assert con.execute("SELECT count(*) FROM aed_probes").fetchall()[0][0] == 3 * 2 * 5

@@ -13,7 +13,7 @@ from market.sources.synthetic import generate_synthetic
 
 
 def synthetic(**overrides):
-    settings = dict(n_assets=2, n_days=30, start_date="2021-01-04", signal={"technical": 0.3})
+    settings = {"n_assets": 2, "n_days": 30, "start_date": "2021-01-04", "signal": {"technical": 0.3}}
     return generate_synthetic(**(settings | {"seed": 7} | overrides))
 
 

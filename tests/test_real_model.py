@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import duckdb
 import pytest
+from helpers import write_scenario
 
 from agents.llm import LLM, resolve_source
 from simulation.run import start
-from conftest import write_scenario
 
 pytestmark = pytest.mark.slow
 

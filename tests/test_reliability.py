@@ -7,16 +7,16 @@ import sys
 
 import duckdb
 import pytest
+from helpers import crash_then_resume, tiny_scenario
 
 from agents.decoding import parse_decision
 from agents.llm import LLM, Completion
 from analysis.compare import compare_runs
-from simulation.cli import EXIT_USER_ERROR, main
 from core.errors import StoreError
+from core.store import RunStore
+from simulation.cli import EXIT_USER_ERROR, main
 from simulation.model import MarketModel
 from simulation.run import start
-from simulation.store import RunStore
-from conftest import crash_then_resume, tiny_scenario
 
 
 def _identical(first, second) -> bool:
@@ -143,14 +143,16 @@ def test_resuming_a_completed_run_is_refused(reference_run, capsys):
 def test_model_misbehaviour_never_crashes_a_run_and_is_counted(bad_completion, reason, tmp_path, tiny_model_dir, monkeypatch):
     """A backend whose text escapes the decision slot (the slot itself cannot produce these)."""
 
-    def misbehaving_generate(llm, prompts, temperatures, adapters=None, **kwargs):
+    def misbehaving_generate(llm, prompts, temperatures, agents=None, **kwargs):
         decision, why = parse_decision(bad_completion)
         return [Completion(p, [1], [2], [True], bad_completion, bad_completion[:40], decision, why, 0.0) for p in prompts]
 
     monkeypatch.setattr(LLM, "generate", misbehaving_generate)
     result = start(str(tiny_scenario(tmp_path, tiny_model_dir, steps=2)), plain=True)
     con = duckdb.connect(str(result.database), read_only=True)
-    rows = con.execute("SELECT fallback, fallback_reason, decision_depth FROM decisions").fetchall()
+    rows = con.execute("SELECT fallback, fallback_reason, decision_depth, reward, realised_return FROM decisions").fetchall()
     con.close()
     assert result.status == "completed" and len(rows) == 10
-    assert all(fallback and why == reason and -10 <= depth <= 10 for fallback, why, depth in rows)
+    expected_depth = {"out_of_range": 10.0}.get(reason, 0.0)  # clipped, or no position
+    assert all(fallback and why == reason and depth == expected_depth and reward == pytest.approx(realised * depth)
+               for fallback, why, depth, reward, realised in rows)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest_analysis import make_run_db
+from run_databases import make_run_db
 
 from analysis.report import NO_STEPS, NOT_MEASURED, SECTIONS, main_report
 from core.errors import UserError

@@ -10,7 +10,7 @@ def test_linear_reward_matches_the_users_examples():
 
 def test_risk_adjusted_reward_has_an_interior_optimum():
     expected_return, variance = 0.005, 1e-4
-    payoff = {d: reward("risk_adjusted", expected_return, d, risk_preference=0.5, risk_aversion=20.0, recent_variance=variance) for d in range(0, 11)}
+    payoff = {d: reward("risk_adjusted", expected_return, d, risk_preference=0.5, risk_aversion=20.0, recent_variance=variance) for d in range(11)}
     assert max(payoff, key=payoff.get) == 5  # d* = E[r] / (lambda var) = 0.005 / (10 * 1e-4)
 
 

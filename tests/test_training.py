@@ -11,19 +11,19 @@ import pytest
 import torch
 
 from agents.decision_tree import DECISION_VALUES
+from agents.decoding import split_tokens
 from agents.llm import LLM
 from agents.scoring import Trunk, score
-from agents.decoding import split_tokens
 from market.payoff import reward
 from training.config import TrainingConfig
 from training.phase import Trainer
-from training.rl import TrainRow, leave_one_out, prepare, row_losses
+from training.rl import TrainRow, heldout_pay, leave_one_out, prepare, row_losses
 from training.samples import Sample, most_recent, sample_from_completion
 
 BELIEF_TOKENS = 6
 AGENTS = [0, 1, 2]
-FAST = dict(learning_rate=2e-2, micro_batch=8, max_samples=0, epochs=3, holdout=0.0, lora_layers=None, kl_coef=0.0,
-            target_modules=["q_proj", "v_proj", "gate_proj", "down_proj"])
+FAST = {"learning_rate": 2e-2, "micro_batch": 8, "max_samples": 0, "epochs": 3, "holdout": 0.0, "lora_layers": None, "kl_coef": 0.0,
+            "target_modules": ["q_proj", "v_proj", "gate_proj", "down_proj"]}
 
 
 def make_trainer(model_dir, adapter_dir, **overrides) -> Trainer:
@@ -134,16 +134,26 @@ def test_a_phase_with_nothing_to_learn_leaves_the_adapters_unchanged(tiny_model_
 
 def test_early_stopping_never_ends_a_phase_worse_on_its_held_back_states(tiny_model_dir, tmp_path):
     trainer = make_trainer(tiny_model_dir, tmp_path, holdout=0.5, learning_rate=0.3, epochs=4)  # a rate that overshoots
+    kept_earlier = False
     for phase in (1, 2):
-        row = trainer.run_phase(phase, phase, {0: decide(trainer, 0, 12, seed=phase, version=phase - 1)}, seed=phase)[0]
+        samples = {0: decide(trainer, 0, 12, seed=phase, version=phase - 1)}
+        states = trainer._states(phase, samples, seed=phase)
+        _, heldout = trainer._split(states, seed=phase)
+        row = trainer.run_phase(phase, phase, samples, seed=phase)[0]
+        # the adapter the phase kept, measured again on the same held-back states
+        trunk = Trunk(trainer.llm, 0)
+        prepare(trunk, heldout, trainer.config, 64)
+        measured = float(heldout_pay(trunk, heldout, 64)[0].mean())
+        assert measured == pytest.approx(row.heldout_pay_after, abs=1e-5)
         assert row.heldout_pay_after >= row.heldout_pay_before
-        assert 0 <= row.kept_epoch <= row.epochs
+        kept_earlier |= row.kept_epoch < row.epochs
+    assert kept_earlier  # at this rate some epoch overshot and an earlier one was kept
 
 
-def _rows(trainer: Trainer, texts: list[str], pay: torch.Tensor, advantages: list[float]) -> list[TrainRow]:
+def _rows(trainer: Trainer, texts: list[str], pay: torch.Tensor) -> list[TrainRow]:
     completions = trainer.llm.generate(texts, [1.0] * len(texts), [0] * len(texts), belief_tokens=BELIEF_TOKENS, seed=4)
     rows = []
-    for key, (completion, advantage) in enumerate(zip(completions, advantages)):
+    for key, completion in enumerate(completions):
         parts = split_tokens(trainer.llm.slot, BELIEF_TOKENS, completion.completion_ids)
         rows.append(TrainRow(key, 0, 0, completion.prompt_ids, parts.belief_ids, parts.marker_ids, 1.0, pay, 0.0, on_policy=True))
     return rows
@@ -153,7 +163,7 @@ def test_belief_credit_raises_the_beliefs_worth_more_and_lowers_the_others(tiny_
     trainer = make_trainer(tiny_model_dir, tmp_path, beliefs_per_state=2, trust=0.0)
     llm = trainer.llm
     text = prompts(llm, 1)[0]
-    rows = _rows(trainer, [text, text], torch.zeros(len(DECISION_VALUES)), [1.0, -1.0])  # no pay: only belief credit moves
+    rows = _rows(trainer, [text, text], torch.zeros(len(DECISION_VALUES)))  # no pay: only belief credit moves
     trunk = Trunk(llm, 0)
     prepare(trunk, rows, trainer.config, 8)
     rows[0].advantage, rows[1].advantage = 1.0, -1.0

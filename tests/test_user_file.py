@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from market.sources.user_file import load_user_file
 from core.errors import DataFileError
+from market.sources.user_file import load_user_file
 
 GOOD_CSV = """date,asset,close,volume,technical.momentum_20d,macro.rate_change
 2021-01-04,AAA,10.0,1000,0.10,0.001

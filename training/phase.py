@@ -34,11 +34,11 @@ import torch
 from agents.decoding import split_tokens
 from agents.llm import LLM
 from agents.lora import LoraSpec
+from agents.scoring import Trunk
 from core.seeding import child_seed
 from training.belief_quality import belief_text_share
 from training.config import TrainingConfig
 from training.hindsight import standardised_pay
-from agents.scoring import Trunk
 from training.rl import TrainRow, prepare, update_agents
 from training.samples import Sample, most_recent
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from market.data import CATEGORIES, MarketData, build_market_data
 from core.errors import DataFileError
+from market.data import CATEGORIES, MarketData, build_market_data
 
 REQUIRED_COLUMNS = ("date", "asset", "close")
 OPTIONAL_COLUMNS = ("volume",)

@@ -1,4 +1,7 @@
-"""The run store: one DuckDB file per run, one transaction per trading step.
+"""The run store: one DuckDB file per run (`RUN_DB_FILE`), one transaction per trading step.
+
+It sits on the ground floor because both the engine that writes a run (`simulation/`) and the
+analysis that reads one (`analysis/rundb.py`) need its schema and its file name.
 
 The tables are documented in docs/schema.md. A step's market, decision, factor and event rows
 are written in a single transaction, so a run killed at any moment keeps every step it finished
@@ -8,19 +11,22 @@ pandas frames (one INSERT per table per step); NaN is stored as NULL.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import duckdb
 import pandas as pd
 
 from core.errors import StoreError
 
+RUN_DB_FILE = "run.duckdb"  # inside the run directory
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS run (
-    run_id VARCHAR, name VARCHAR, scenario_path VARCHAR, scenario_toml VARCHAR, master_seed BIGINT,
+    run_id VARCHAR, name VARCHAR, scenario_path VARCHAR, scenario_toml VARCHAR, overrides VARCHAR, master_seed BIGINT,
     model_id VARCHAR, model_sha256 VARCHAR, device VARCHAR, dtype VARCHAR, package_versions VARCHAR,
     status VARCHAR, error VARCHAR, steps_planned INTEGER, started_at TIMESTAMP, finished_at TIMESTAMP,
     wall_seconds DOUBLE);
@@ -32,7 +38,7 @@ CREATE TABLE IF NOT EXISTS market (
     fundamental_price DOUBLE, fundamental_return DOUBLE, net_demand DOUBLE, volume DOUBLE,
     impact DOUBLE, shock DOUBLE, PRIMARY KEY (step, asset));
 CREATE TABLE IF NOT EXISTS decisions (
-    step INTEGER, date DATE, agent_id INTEGER, asset VARCHAR, prompt VARCHAR, belief VARCHAR,
+    step INTEGER, date DATE, agent_id INTEGER, group_name VARCHAR, asset VARCHAR, prompt VARCHAR, belief VARCHAR,
     completion VARCHAR, decision_depth DOUBLE, fallback BOOLEAN, fallback_reason VARCHAR,
     prompt_tokens INTEGER, completion_tokens INTEGER, latency_s DOUBLE, adapter_version INTEGER,
     realised_return DOUBLE, reward DOUBLE, position DOUBLE, wealth DOUBLE,
@@ -58,13 +64,15 @@ CREATE TABLE IF NOT EXISTS aed (
     aed_belief DOUBLE, embedder VARCHAR);
 CREATE TABLE IF NOT EXISTS aed_agents (
     phase INTEGER, agent_id INTEGER, mean_decision DOUBLE, decision_drift DOUBLE, belief_drift DOUBLE);
+CREATE TABLE IF NOT EXISTS warnings (
+    first_step INTEGER, category VARCHAR, message VARCHAR, source VARCHAR, count INTEGER);
 CREATE TABLE IF NOT EXISTS aed_probes (
     phase INTEGER, probe INTEGER, agent_id INTEGER, belief VARCHAR, decision_depth DOUBLE, expected_decision DOUBLE);
 """
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 class RunStore:

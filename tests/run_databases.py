@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.aed import aed_rows, measure_aed
-from simulation.store import SCHEMA
+from core.store import SCHEMA
 
 GROUPS = {"trend": [0, 1], "contrarian": [2, 3]}
 ASSET = "SPX"
@@ -33,7 +33,7 @@ def make_run_db(
     con = duckdb.connect(str(path))
     con.execute(SCHEMA)
     con.execute(
-        "INSERT INTO run VALUES (?, ?, 'scenarios/test.toml', '', ?, 'tiny-llama', 'abc', 'cpu',"
+        "INSERT INTO run VALUES (?, ?, 'scenarios/test.toml', '', '[]', ?, 'tiny-llama', 'abc', 'cpu',"
         " 'float32', '{}', 'completed', NULL, ?, TIMESTAMP '2024-01-01 00:00:00',"
         " TIMESTAMP '2024-01-01 00:01:00', 60.0)",
         [f"{name}-1", name, seed, steps],
