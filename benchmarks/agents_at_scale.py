@@ -1,0 +1,223 @@
+"""Many agents at the speed of one: deliberation and training cost against the number of agents.
+
+One run measures, on the same machine and model:
+- the dense matmul peak of the model's dtype (a square GEMM);
+- deliberation (belief, then the decision's exact distribution, as a simulation step does) at N
+  agents, one prompt each, for three ways of holding the agents' adapters: none (the base model),
+  PEFT's mixed-adapter batch (`adapter_names`, which loops over the adapters in every adapted
+  layer), and the stacked layer of `agents/lora.py`; decisions/s, tokens/s, and the model FLOPs
+  they imply as a fraction of the peak;
+- a training phase at N agents, all agents jointly against one agent at a time: seconds per sample.
+FLOPs are 2 x (non-embedding parameters) per processed token plus the LM head where logits are
+taken; attention is left out (under 10 % at these lengths). Adapters get random B matrices, so no
+path can skip them as zero.
+
+    python -m benchmarks.agents_at_scale                        # SmolLM2-135M, 8/32/100 agents
+    python -m benchmarks.agents_at_scale --random-config qwen2.5-1.5b --dtype bfloat16 --device cuda --agents 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from agents.llm import LLM
+from agents.lora import LoraSpec
+from benchmarks.learning import ARMS, Market, Settings
+from core.provenance import provenance
+from core.seeding import child_seed
+from market.payoff import reward
+from training.config import TrainingConfig
+from training.phase import Trainer
+from training.samples import sample_from_completion
+
+RESULTS = Path(__file__).parent / "results"
+QWEN_15B = {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28, "num_attention_heads": 12, "num_key_value_heads": 2,
+                "vocab_size": 151936, "max_position_embeddings": 32768, "rope_theta": 1_000_000.0, "tie_word_embeddings": True}
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, size: int = 2048, repeats: int = 10) -> float:
+    """Achieved GFLOP/s of a square GEMM: the practical peak this machine gives this dtype."""
+    a, b = torch.randn(size, size, dtype=dtype, device=device), torch.randn(size, size, dtype=dtype, device=device)
+    for _ in range(3):
+        a @ b
+    _sync(device)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    _sync(device)
+    return 2 * size**3 * repeats / (time.perf_counter() - started) / 1e9
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def load(args) -> LLM:
+    if args.random_config is None:
+        return LLM.load(args.model, device=args.device, dtype=args.dtype)
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from agents.device import resolve_device, resolve_dtype
+    reference = LLM.load("packaged", device="cpu")  # its tokenizer; the weights are random
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(**QWEN_15B, bos_token_id=reference.tokenizer.bos_token_id, eos_token_id=reference.tokenizer.eos_token_id))
+    return LLM.from_model(reference.tokenizer, model.to(device=device, dtype=dtype), model_id="random:qwen2.5-1.5b")
+
+
+def dense_parameters(llm: LLM) -> int:
+    return sum(p.numel() for name, p in llm.model.named_parameters() if "embed" not in name and "lora_" not in name)
+
+
+def prompts(llm: LLM, count: int) -> list[str]:
+    market = Market(llm, 0, Settings(train_dates=count, heldout_dates=4))
+    return [market.prompt(date, ARMS["treated" if index % 2 else "control"][1]) for index, date in enumerate(market.dates[:count])]
+
+
+def _randomise(llm: LLM) -> None:
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for param in llm.adapters.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator).to(param.device) * 0.01)
+
+
+@contextmanager
+def peft_mixed(llm: LLM, agents: int, spec: LoraSpec):
+    """Route `llm.route(rows)` through PEFT's mixed-adapter batch (one named adapter per agent)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, target_modules=list(spec.target_modules), layers_to_transform=list(spec.layers) if spec.layers else None)
+    peft = get_peft_model(llm.model, config, adapter_name="agent_0")
+    for agent in range(1, agents):
+        peft.add_adapter(f"agent_{agent}", config)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, param in peft.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator).to(param.device) * 0.01)
+    original = llm.route
+
+    def route(rows):
+        if rows is None:
+            return original(None)
+        return peft._enable_peft_forward_hooks(adapter_names=[f"agent_{row}" if row >= 0 else "__base__" for row in rows])
+
+    llm.route = route
+    try:
+        yield
+    finally:
+        llm.route = original
+        peft.unload()
+
+
+def deliberate(llm: LLM, texts: list[str], agents: list[int] | None, belief_tokens: int, batch_size: int, dense: int) -> dict:
+    _sync(llm.device)
+    started = time.perf_counter()
+    completions = llm.generate(texts, [1.0] * len(texts), agents, belief_tokens=belief_tokens, batch_size=batch_size, seed=0)
+    _sync(llm.device)
+    seconds = time.perf_counter() - started
+    prompt_tokens = sum(len(c.prompt_ids) for c in completions)
+    generated = sum(len(c.completion_ids) for c in completions)
+    tree = len(llm.tree.fed_nodes) * len(completions)  # the decision pass feeds the tree's nodes
+    flops = 2 * dense * (prompt_tokens + generated + tree) + 2 * llm.hidden_size * llm.model.config.vocab_size * generated
+    return {"seconds": round(seconds, 2), "decisions_per_s": len(completions) / seconds, "generated_tokens_per_s": generated / seconds,
+            "processed_tokens_per_s": (prompt_tokens + generated + tree) / seconds, "gflops_per_s": flops / seconds / 1e9}
+
+
+def phase_cost(llm: LLM, agents: int, samples_per_agent: int, config: TrainingConfig, belief_tokens: int, batch_size: int, joint: bool) -> dict:
+    """Seconds per sample of one phase, all agents jointly or one agent at a time (the same samples)."""
+    market = Market(llm, 1, Settings(train_dates=samples_per_agent, heldout_dates=4))
+    texts = [market.prompt(date, ARMS["treated"][1]) for date in market.dates[:samples_per_agent]]
+    with tempfile.TemporaryDirectory() as folder:
+        trainer = Trainer(llm, config, Path(folder), list(range(agents)), reward="linear", risk_aversion=0.0,
+                          belief_tokens=belief_tokens, max_prompt_tokens=768, batch_size=batch_size)
+        trainer.attach()
+        completions = llm.generate(texts * agents, [1.0] * (agents * samples_per_agent), [a for a in range(agents) for _ in texts],
+                                   belief_tokens=belief_tokens, batch_size=batch_size, seed=1, exact=False)
+        samples = {agent: [] for agent in range(agents)}
+        for index, completion in enumerate(completions):
+            agent, day = divmod(index, samples_per_agent)
+            realised = market.next_return(market.dates[day])
+            samples[agent].append(sample_from_completion(completion, agent_id=agent, step=day, realised_return=realised, reward=reward("linear", realised, completion.decision_depth),
+                                                         temperature=1.0, risk_preference=0.5, recent_variance=1e-4))
+        _sync(llm.device)
+        started = time.perf_counter()
+        if joint:
+            trainer.run_phase(1, samples_per_agent, samples, seed=child_seed(0, "phase"))
+        else:
+            for agent in range(agents):
+                trainer.run_phase(1, samples_per_agent, {agent: samples[agent]}, seed=child_seed(0, "phase"))
+        _sync(llm.device)
+        seconds = time.perf_counter() - started
+    llm.detach_adapters()
+    return {"seconds": round(seconds, 2), "seconds_per_sample": seconds / (agents * samples_per_agent)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="packaged", help="model path as in [model] path")
+    parser.add_argument("--random-config", choices=["qwen2.5-1.5b"], help="a random-weight model of that size instead (no download)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--agents", type=int, nargs="+", default=[8, 32, 100], help="agent counts for deliberation")
+    parser.add_argument("--phase-agents", type=int, nargs="+", default=[8, 32], help="agent counts for the phase cost")
+    parser.add_argument("--samples", type=int, default=8, help="samples per agent in the phase")
+    parser.add_argument("--belief-tokens", type=int, default=24)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--skip-peft", action="store_true", help="leave PEFT's mixed batch out (it is slow at many agents)")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    llm = load(args)
+    base_model = llm.model
+    peak = matmul_peak(llm.dtype, llm.device)
+    dense = dense_parameters(llm)
+    config = TrainingConfig(epochs=1, holdout=0.0, micro_batch=8)
+    layers = llm.layer_count
+    spec = LoraSpec(config.lora_rank, config.lora_alpha, tuple(config.target_modules), tuple(range(layers - config.lora_layers, layers)))
+    result = {"provenance": provenance(), "model": llm.source.model_id, "device": str(llm.device), "dtype": str(llm.dtype),
+              "threads": torch.get_num_threads(), "matmul_peak_gflops": peak, "dense_parameters": dense, "lora": spec.__dict__,
+              "deliberation": {}, "phase": {}}
+    print(f"{result['model']} on {result['device']} ({result['dtype']}), matmul peak {peak:.0f} GFLOP/s, LoRA on {len(spec.layers)} layers x {len(spec.target_modules)} projections")
+    deliberate(llm, prompts(llm, 2), None, args.belief_tokens, 2, dense)  # warm-up
+    for count in args.agents:
+        texts = prompts(llm, count)
+        rows = {"none": deliberate(llm, texts, None, args.belief_tokens, args.batch_size, dense)}
+        if not args.skip_peft:
+            with peft_mixed(llm, count, spec):
+                rows["peft_mixed"] = deliberate(llm, texts, list(range(count)), args.belief_tokens, args.batch_size, dense)
+            llm.model = base_model
+        llm.attach_adapters(count, spec)
+        _randomise(llm)
+        rows["stacked"] = deliberate(llm, texts, list(range(count)), args.belief_tokens, args.batch_size, dense)
+        llm.detach_adapters()
+        for name, row in rows.items():
+            row["fraction_of_peak"] = row["gflops_per_s"] / peak
+            row["cost_over_no_adapters"] = rows["none"]["decisions_per_s"] / row["decisions_per_s"] - 1.0
+            print(f"  {count:>4} agents, {name:<10}: {row['decisions_per_s']:6.2f} decisions/s  {row['processed_tokens_per_s']:7.0f} tokens/s  "
+                  f"{row['fraction_of_peak']:6.1%} of peak  {row['cost_over_no_adapters']:+.1%} over no adapters", flush=True)
+        result["deliberation"][count] = rows
+    for count in args.phase_agents:
+        rows = {mode: phase_cost(llm, count, args.samples, config, args.belief_tokens, args.batch_size, joint=mode == "joint") for mode in ("joint", "one_by_one")}
+        for mode, row in rows.items():
+            print(f"  phase at {count:>3} agents x {args.samples} samples, {mode:<10}: {row['seconds_per_sample']:.3f} s per sample ({row['seconds']} s)", flush=True)
+        result["phase"][count] = rows
+    out = args.out or RESULTS / f"agents-at-scale-{llm.device.type}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str))
+    print(f"written: {out}")
+
+
+if __name__ == "__main__":
+    main()
