@@ -26,7 +26,7 @@ teacher-forced pass (agents/scoring.py). So nothing about the decision needs to 
 4. **Early stopping.** A share of the phase's states is held back (`holdout`); after each epoch an
    agent's exact expected pay on them, E_π[Q], decides whether it trains on: an epoch is kept only
    if it beats the best so far by more than a standard error of the per-state difference, an agent
-   stops after two epochs in a row without that, and it keeps its best epoch. So a phase never
+   stops after three epochs in a row without that, and it keeps its best epoch. So a phase never
    ends worse on its held-back states than it began, and an agent whose gains are noise (a
    control reading no signal) mostly keeps its adapter.
 
@@ -48,7 +48,7 @@ from agents.decision_tree import DECISION_VALUES
 from agents.scoring import Trunk, pack, read
 from training.optimizer import AgentAdam
 
-PATIENCE = 1  # epochs without a held-back improvement an agent may train on before it stops
+PATIENCE = 2  # epochs without a held-back improvement an agent may train on before it stops
 
 
 @dataclass
