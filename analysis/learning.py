@@ -32,6 +32,7 @@ METRICS = [
     "mean_reward",
     "hit_rate",
     "decision_return_corr",
+    "expected_return_corr",
 ]
 
 
@@ -41,7 +42,7 @@ def load_decisions(db: str | Path | duckdb.DuckDBPyConnection) -> pd.DataFrame:
         decisions = con.execute(
             """
             SELECT d.step, d.agent_id, a.group_name, d.asset,
-                   d.decision_depth, d.realised_return, d.reward
+                   d.decision_depth, d.expected_decision, d.realised_return, d.reward
             FROM decisions d JOIN agents a USING (agent_id)
             ORDER BY d.step, d.agent_id, d.asset
             """
@@ -101,4 +102,5 @@ def _metrics(rows: pd.DataFrame) -> dict:
         "mean_reward": rows["reward"].mean(),
         "hit_rate": hits.mean() if len(directional) else np.nan,
         "decision_return_corr": rows["decision_depth"].corr(rows["realised_return"]),
+        "expected_return_corr": rows["expected_decision"].corr(rows["realised_return"]),  # E[d]: free of the draw's noise
     }

@@ -19,7 +19,6 @@ path can skip them as zero.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from contextlib import contextmanager
@@ -30,6 +29,7 @@ import torch
 from agents.llm import LLM
 from agents.lora import LoraSpec
 from benchmarks.learning import ARMS, Market, Settings
+from benchmarks.results_file import RESULTS_DIR, write_result
 from core.provenance import provenance
 from core.seeding import child_seed
 from market.payoff import reward
@@ -37,7 +37,6 @@ from training.config import TrainingConfig
 from training.phase import Trainer
 from training.samples import sample_from_completion
 
-RESULTS = Path(__file__).parent / "results"
 QWEN_15B = {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28, "num_attention_heads": 12, "num_key_value_heads": 2,
                 "vocab_size": 151936, "max_position_embeddings": 32768, "rope_theta": 1_000_000.0, "tie_word_embeddings": True}
 
@@ -213,10 +212,7 @@ def main() -> None:
         for mode, row in rows.items():
             print(f"  phase at {count:>3} agents x {args.samples} samples, {mode:<10}: {row['seconds_per_sample']:.3f} s per sample ({row['seconds']} s)", flush=True)
         result["phase"][count] = rows
-    out = args.out or RESULTS / f"agents-at-scale-{llm.device.type}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str))
-    print(f"written: {out}")
+    write_result(args.out or RESULTS_DIR / f"agents-at-scale-{llm.device.type}.json", result)
 
 
 if __name__ == "__main__":

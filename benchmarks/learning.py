@@ -33,7 +33,6 @@ depend on which other seeds ran.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -49,6 +48,7 @@ from agents.decoding import split_tokens
 from agents.llm import LLM, Completion
 from agents.prompts import Persona, system_message, user_message
 from agents.scoring import score
+from benchmarks.results_file import RESULTS_DIR, write_result
 from core.overrides import apply_overrides
 from core.provenance import provenance
 from core.schema import Section
@@ -61,7 +61,6 @@ from training.config import TrainingConfig
 from training.phase import Trainer
 from training.samples import sample_from_completion
 
-RESULTS_DIR = Path(__file__).parent / "results"
 ASSET = "SYN0"
 ARMS = {"treated": ("fundamental",), "control": ("sentiment",)}
 PERSONA = Persona(optimism=0.5, rationality=0.8, risk_preference=0.5)
@@ -289,10 +288,7 @@ def main() -> None:
     result = {"settings": settings.model_dump(), "provenance": recorded, "seconds": round(time.perf_counter() - started, 1),
               "agents": agents, "summary": summarise(agents)}
     print(report(result))
-    out = args.out or RESULTS_DIR / f"learning{'-quick' if args.quick else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str))
-    print(f"\nwritten to {out}")
+    write_result(args.out or RESULTS_DIR / f"learning{'-quick' if args.quick else ''}.json", result)
 
 
 if __name__ == "__main__":

@@ -210,5 +210,10 @@ SELECT step, date, price, fundamental_price, net_demand FROM market ORDER BY ste
 -- reward and hit rate by group
 SELECT a.group_name, round(sum(d.reward), 4) AS reward, round(avg((sign(d.decision_depth) = sign(d.realised_return))::INT), 3) AS hit_rate
 FROM decisions d JOIN agents a USING (agent_id) GROUP BY 1 ORDER BY 2 DESC;
+-- did training help? each group's corr of its expected decision with the next return, per adapter version
+SELECT group_name, adapter_version, count(*) AS n, round(corr(expected_decision, realised_return), 3) AS corr_expected,
+       round(corr(decision_depth, realised_return), 3) AS corr_sampled FROM decisions GROUP BY ALL ORDER BY ALL;
+-- AED after every training phase
+SELECT phase, step, round(aed_decision, 4) AS aed_decision, round(aed_belief, 4) AS aed_belief FROM aed ORDER BY phase;
 -- what the agents believed on the last step
 SELECT agent_id, decision_depth, belief FROM decisions WHERE step = (SELECT max(step) FROM decisions) ORDER BY agent_id;"""

@@ -43,6 +43,7 @@ def tiny_run(training_step: int | None) -> duckdb.DuckDBPyConnection:
                     "agent_id": agent,
                     "asset": "SPX",
                     "decision_depth": depth,
+                    "expected_decision": depth / 2 + step,
                     "realised_return": RETURNS[step],
                     "reward": RETURNS[step] * depth,
                 }
@@ -75,6 +76,8 @@ def test_agent_metrics_over_the_whole_run(decisions):
     np.testing.assert_allclose(metrics["hit_rate"], [2 / 3, 0.5, 0.5])
     expected_corr = np.corrcoef(DECISIONS[0][1], RETURNS)[0, 1]
     assert metrics.loc[0, "decision_return_corr"] == pytest.approx(expected_corr)
+    expected_mean = np.array(DECISIONS[0][1]) / 2 + np.arange(4)
+    assert metrics.loc[0, "expected_return_corr"] == pytest.approx(np.corrcoef(expected_mean, RETURNS)[0, 1])
     assert np.isnan(
         metrics.loc[1, "decision_return_corr"]
     )  # a constant decision has no correlation

@@ -1,0 +1,81 @@
+"""Out-of-sample evaluation of a trained run (tiny model): the look-ahead guard, baselines on the
+evaluation dates, determinism given the seed, and nothing trains."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+from helpers import tiny_scenario
+
+from core.errors import UserError
+from simulation.evaluate import evaluate
+from simulation.run import start
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, tiny_model_dir):
+    folder = tmp_path_factory.mktemp("evaluate")
+    result = start(str(tiny_scenario(folder, tiny_model_dir, steps=6, every=3, training=True)), plain=True)
+    return result.database.parent
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def _tables(database: Path) -> dict[str, pd.DataFrame]:
+    con = duckdb.connect(str(database), read_only=True)
+    tables = {name: con.execute(f"SELECT * FROM {name}").df() for name in ("eval_decisions", "eval_metrics")}
+    con.close()
+    return tables
+
+
+def test_dates_the_run_traded_on_are_refused_unless_allowed(trained_run):
+    with pytest.raises(UserError, match="dates the run traded on"):
+        evaluate(trained_run, start="2020-01-01", end="2020-02-15")
+    result = evaluate(trained_run, start="2020-01-01", end="2020-01-20", allow_overlap=True)
+    assert result.in_sample
+    metrics = _tables(result.database)["eval_metrics"]
+    assert metrics["in_sample"].all()
+
+
+def test_a_missing_phase_gets_a_one_line_error(trained_run):
+    with pytest.raises(UserError, match="no training phase 7"):
+        evaluate(trained_run, phase=7)
+
+
+def test_evaluation_is_out_of_sample_deterministic_and_trains_nothing(trained_run):
+    adapters_before = _hashes(trained_run / "adapters")
+    run_db = hashlib.sha256((trained_run / "run.duckdb").read_bytes()).hexdigest()
+    first = evaluate(trained_run)
+    tables = _tables(first.database)
+    second = _tables(evaluate(trained_run).database)
+    assert _hashes(trained_run / "adapters") == adapters_before  # nothing trained: every adapter file unchanged, byte for byte
+    assert hashlib.sha256((trained_run / "run.duckdb").read_bytes()).hexdigest() == run_db
+    assert not first.in_sample
+    for name in tables:
+        pd.testing.assert_frame_equal(tables[name], second[name])  # the same seed gives the same evaluation
+
+    decisions = tables["eval_decisions"]
+    con = duckdb.connect(str(trained_run / "run.duckdb"), read_only=True)
+    traded = set(pd.to_datetime(con.execute("SELECT DISTINCT date FROM decisions").df()["date"]))
+    con.close()
+    dates = {strategy: set(pd.to_datetime(frame["date"])) for strategy, frame in decisions.groupby("strategy")}
+    assert set(dates) == {"trained", "untrained", "buy_and_hold", "momentum", "factor"}
+    assert len({frozenset(d) for d in dates.values()}) == 1  # baselines on exactly the agents' evaluation dates
+    assert not dates["trained"] & traded and min(dates["trained"]) > max(traded)
+    trained = decisions[decisions["strategy"] == "trained"]
+    untrained = decisions[decisions["strategy"] == "untrained"]
+    assert set(trained["adapter_version"]) == {2} and set(untrained["adapter_version"]) == {0}
+    assert np.allclose(trained["reward"], trained["decision_depth"] * trained["realised_return"])  # no impact: the data's own returns
+    hold = decisions[decisions["strategy"] == "buy_and_hold"]
+    assert (hold["decision_depth"] == 10.0).all()
+    metric_names = set(tables["eval_metrics"]["metric"])
+    assert {"mean_pay", "hit_rate", "corr", "corr_expected", "sharpe", "sharpe_se", "days"} <= metric_names
+    bounded = tables["eval_metrics"].dropna(subset=["ci_low", "ci_high"])
+    assert (bounded["ci_low"] <= bounded["ci_high"]).all()
