@@ -152,3 +152,24 @@ def test_the_real_entry_point_exits_non_zero_without_traceback(tmp_path):
     assert "Traceback" not in process.stderr
     assert process.stderr.strip().splitlines() == [process.stderr.strip()]
     assert "agents.groups[0].risk_preference" in process.stderr and str(scenario) in process.stderr
+
+
+# (case id, --set pairs, the key the message must name)
+OVERRIDE_CASES = [
+    ("unknown-key", ["run.stepz=3"], "run.stepz"),
+    ("wrong-type", ["run.steps=ten"], "run.steps"),
+    ("out-of-range", ["run.steps=0"], "run.steps"),
+    ("removed-training-key", ["training.expected_sign=true"], "training.expected_sign"),
+    ("no-equals-sign", ["run.steps"], "run.steps"),
+]
+
+
+@pytest.mark.parametrize("case, pairs, key", OVERRIDE_CASES, ids=[c[0] for c in OVERRIDE_CASES])
+def test_a_bad_override_gives_one_line_before_anything_starts(case, pairs, key, tmp_path, capsys):
+    scenario = _materialise(tmp_path, f"[run]\nsteps = 3\n{GROUP}", {})
+    code = main(["run", str(scenario), "--plain", *[part for pair in pairs for part in ("--set", pair)]])
+    err = capsys.readouterr().err.strip()
+    assert code == EXIT_USER_ERROR
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "fix:" in err, err
+    assert key in err, f"{case}: {err}"
+    assert not (tmp_path / "runs").exists()

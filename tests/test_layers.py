@@ -36,3 +36,19 @@ def test_the_layer_list_names_every_package_and_the_design_doc_lists_it():
     assert packages == set(LAYERS)
     design = (ROOT / "docs" / "design.md").read_text(encoding="utf-8")
     assert " → ".join(f"`{layer}`" for layer in LAYERS) in design
+
+
+def package_graph() -> dict[tuple[str, str], int]:
+    """(importing package, imported package) -> how many modules of the first import the second."""
+    edges: dict[tuple[str, str], int] = {}
+    for package in LAYERS:
+        for path in (ROOT / package).rglob("*.py"):
+            for target in imports(path) - {package}:
+                edges[(package, target)] = edges.get((package, target), 0) + 1
+    return edges
+
+
+if __name__ == "__main__":  # python tests/test_layers.py: the import graph, bottom layer first
+    for (source, target), modules in sorted(package_graph().items(), key=lambda edge: (LAYERS.index(edge[0][0]), LAYERS.index(edge[0][1]))):
+        direction = "UP" if LAYERS.index(target) > LAYERS.index(source) else "down"
+        print(f"{source:>10} -> {target:<10} {modules:>2} modules  {direction}")

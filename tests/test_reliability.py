@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -156,3 +157,29 @@ def test_model_misbehaviour_never_crashes_a_run_and_is_counted(bad_completion, r
     expected_depth = {"out_of_range": 10.0}.get(reason, 0.0)  # clipped, or no position
     assert all(fallback and why == reason and depth == expected_depth and reward == pytest.approx(realised * depth)
                for fallback, why, depth, reward, realised in rows)
+
+
+def test_overrides_are_recorded_and_a_resume_applies_them_again(tmp_path, tiny_model_dir, monkeypatch):
+    from simulation.run import resume
+
+    def crash_at_step_2(original):
+        def step(model):
+            if model.next_step == 2:
+                raise RuntimeError("simulated crash")
+            return original(model)
+        return step
+
+    path = tiny_scenario(tmp_path, tiny_model_dir, steps=6)
+    original = MarketModel.step
+    monkeypatch.setattr(MarketModel, "step", crash_at_step_2(original))
+    with pytest.raises(RuntimeError):
+        start(str(path), plain=True, overrides=["run.steps=3", "market.impact=0.02"])
+    monkeypatch.setattr(MarketModel, "step", original)
+    result = resume(path.parent / "runs" / "tiny", plain=True)
+    assert result.status == "completed"
+    con = duckdb.connect(str(result.database), read_only=True)
+    overrides, planned = con.execute("SELECT overrides, steps_planned FROM run").fetchone()
+    steps = con.execute("SELECT count(DISTINCT step) FROM decisions").fetchone()[0]
+    con.close()
+    assert json.loads(overrides) == ["run.steps=3", "market.impact=0.02"]
+    assert planned == 3 and steps == 3  # the resume ran to the overridden 3 steps, not the file's 6
