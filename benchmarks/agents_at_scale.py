@@ -68,7 +68,7 @@ def load(args) -> LLM:
     reference = LLM.load("packaged", device="cpu")  # its tokenizer; the weights are random
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    torch.manual_seed(0)
+    torch.manual_seed(child_seed(args.seed, "random weights"))
     model = Qwen2ForCausalLM(Qwen2Config(**QWEN_15B, bos_token_id=reference.tokenizer.bos_token_id, eos_token_id=reference.tokenizer.eos_token_id))
     return LLM.from_model(reference.tokenizer, model.to(device=device, dtype=dtype), model_id="random:qwen2.5-1.5b")
 
@@ -77,20 +77,20 @@ def dense_parameters(llm: LLM) -> int:
     return sum(p.numel() for name, p in llm.model.named_parameters() if "embed" not in name and "lora_" not in name)
 
 
-def prompts(llm: LLM, count: int) -> list[str]:
-    market = Market(llm, 0, Settings(train_dates=count, heldout_dates=4))
+def prompts(llm: LLM, count: int, seed: int) -> list[str]:
+    market = Market(llm, seed, Settings(train_dates=max(count, 8), heldout_dates=4))
     return [market.prompt(date, ARMS["treated" if index % 2 else "control"][1]) for index, date in enumerate(market.dates[:count])]
 
 
-def _randomise(llm: LLM) -> None:
-    generator = torch.Generator().manual_seed(1)
+def _randomise(llm: LLM, seed: int) -> None:
+    generator = torch.Generator().manual_seed(child_seed(seed, "adapters"))
     with torch.no_grad():
         for param in llm.adapters.parameters():
             param.copy_(torch.randn(param.shape, generator=generator).to(param.device) * 0.01)
 
 
 @contextmanager
-def peft_mixed(llm: LLM, agents: int, spec: LoraSpec):
+def peft_mixed(llm: LLM, agents: int, spec: LoraSpec, seed: int):
     """Route `llm.route(rows)` through PEFT's mixed-adapter batch (one named adapter per agent)."""
     from peft import LoraConfig, get_peft_model
 
@@ -98,7 +98,7 @@ def peft_mixed(llm: LLM, agents: int, spec: LoraSpec):
     peft = get_peft_model(llm.model, config, adapter_name="agent_0")
     for agent in range(1, agents):
         peft.add_adapter(f"agent_{agent}", config)
-    generator = torch.Generator().manual_seed(1)
+    generator = torch.Generator().manual_seed(child_seed(seed, "adapters"))
     with torch.no_grad():
         for name, param in peft.named_parameters():
             if "lora_B" in name:
@@ -118,10 +118,10 @@ def peft_mixed(llm: LLM, agents: int, spec: LoraSpec):
         peft.unload()
 
 
-def deliberate(llm: LLM, texts: list[str], agents: list[int] | None, belief_tokens: int, batch_size: int, dense: int) -> dict:
+def deliberate(llm: LLM, texts: list[str], agents: list[int] | None, belief_tokens: int, batch_size: int, dense: int, seed: int) -> dict:
     _sync(llm.device)
     started = time.perf_counter()
-    completions = llm.generate(texts, [1.0] * len(texts), agents, belief_tokens=belief_tokens, batch_size=batch_size, seed=0)
+    completions = llm.generate(texts, [1.0] * len(texts), agents, belief_tokens=belief_tokens, batch_size=batch_size, seed=child_seed(seed, "deliberate"))
     _sync(llm.device)
     seconds = time.perf_counter() - started
     prompt_tokens = sum(len(c.prompt_ids) for c in completions)
@@ -132,16 +132,16 @@ def deliberate(llm: LLM, texts: list[str], agents: list[int] | None, belief_toke
             "processed_tokens_per_s": (prompt_tokens + generated + tree) / seconds, "gflops_per_s": flops / seconds / 1e9}
 
 
-def phase_cost(llm: LLM, agents: int, samples_per_agent: int, config: TrainingConfig, belief_tokens: int, batch_size: int, joint: bool) -> dict:
+def phase_cost(llm: LLM, agents: int, samples_per_agent: int, config: TrainingConfig, belief_tokens: int, batch_size: int, joint: bool, seed: int) -> dict:
     """Seconds per sample of one phase, all agents jointly or one agent at a time (the same samples)."""
-    market = Market(llm, 1, Settings(train_dates=samples_per_agent, heldout_dates=4))
+    market = Market(llm, child_seed(seed, "phase market"), Settings(train_dates=max(samples_per_agent, 8), heldout_dates=4))
     texts = [market.prompt(date, ARMS["treated"][1]) for date in market.dates[:samples_per_agent]]
     with tempfile.TemporaryDirectory() as folder:
         trainer = Trainer(llm, config, Path(folder), list(range(agents)), reward="linear", risk_aversion=0.0,
                           belief_tokens=belief_tokens, max_prompt_tokens=768, batch_size=batch_size)
         trainer.attach()
         completions = llm.generate(texts * agents, [1.0] * (agents * samples_per_agent), [a for a in range(agents) for _ in texts],
-                                   belief_tokens=belief_tokens, batch_size=batch_size, seed=1, exact=False)
+                                   belief_tokens=belief_tokens, batch_size=batch_size, seed=child_seed(seed, "samples"), exact=False)
         samples = {agent: [] for agent in range(agents)}
         for index, completion in enumerate(completions):
             agent, day = divmod(index, samples_per_agent)
@@ -151,10 +151,10 @@ def phase_cost(llm: LLM, agents: int, samples_per_agent: int, config: TrainingCo
         _sync(llm.device)
         started = time.perf_counter()
         if joint:
-            trainer.run_phase(1, samples_per_agent, samples, seed=child_seed(0, "phase"))
+            trainer.run_phase(1, samples_per_agent, samples, seed=child_seed(seed, "phase"))
         else:
             for agent in range(agents):
-                trainer.run_phase(1, samples_per_agent, {agent: samples[agent]}, seed=child_seed(0, "phase"))
+                trainer.run_phase(1, samples_per_agent, {agent: samples[agent]}, seed=child_seed(seed, "phase"))
         _sync(llm.device)
         seconds = time.perf_counter() - started
     llm.detach_adapters()
@@ -173,6 +173,7 @@ def main() -> None:
     parser.add_argument("--belief-tokens", type=int, default=16, help="most belief tokens (the base scenario's 16)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--skip-peft", action="store_true", help="leave PEFT's mixed batch out (it is slow at many agents)")
+    parser.add_argument("--seed", type=int, default=0, help="master seed of the prompts, samples and phases")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     import transformers
@@ -185,21 +186,21 @@ def main() -> None:
     config = TrainingConfig(epochs=1, holdout=0.0, micro_batch=8)
     layers = llm.layer_count
     spec = LoraSpec(config.lora_rank, config.lora_alpha, tuple(config.target_modules), tuple(range(layers - config.lora_layers, layers)))
-    result = {"provenance": provenance(), "model": llm.source.model_id, "device": str(llm.device), "dtype": str(llm.dtype),
+    result = {"provenance": provenance(), "settings": vars(args) | {"out": str(args.out) if args.out else None}, "model": llm.source.model_id, "device": str(llm.device), "dtype": str(llm.dtype),
               "threads": torch.get_num_threads(), "matmul_peak_gflops": peak, "dense_parameters": dense, "lora": spec.__dict__,
               "deliberation": {}, "phase": {}}
     print(f"{result['model']} on {result['device']} ({result['dtype']}), matmul peak {peak:.0f} GFLOP/s, LoRA on {len(spec.layers)} layers x {len(spec.target_modules)} projections")
-    deliberate(llm, prompts(llm, 2), None, args.belief_tokens, 2, dense)  # warm-up
+    deliberate(llm, prompts(llm, 2, args.seed), None, args.belief_tokens, 2, dense, args.seed)  # warm-up
     for count in args.agents:
-        texts = prompts(llm, count)
-        rows = {"none": deliberate(llm, texts, None, args.belief_tokens, args.batch_size, dense)}
+        texts = prompts(llm, count, args.seed)
+        rows = {"none": deliberate(llm, texts, None, args.belief_tokens, args.batch_size, dense, args.seed)}
         if not args.skip_peft:
-            with peft_mixed(llm, count, spec):
-                rows["peft_mixed"] = deliberate(llm, texts, list(range(count)), args.belief_tokens, args.batch_size, dense)
+            with peft_mixed(llm, count, spec, args.seed):
+                rows["peft_mixed"] = deliberate(llm, texts, list(range(count)), args.belief_tokens, args.batch_size, dense, args.seed)
             llm.model = base_model
         llm.attach_adapters(count, spec)
-        _randomise(llm)
-        rows["stacked"] = deliberate(llm, texts, list(range(count)), args.belief_tokens, args.batch_size, dense)
+        _randomise(llm, args.seed)
+        rows["stacked"] = deliberate(llm, texts, list(range(count)), args.belief_tokens, args.batch_size, dense, args.seed)
         llm.detach_adapters()
         for name, row in rows.items():
             row["fraction_of_peak"] = row["gflops_per_s"] / peak
@@ -208,7 +209,7 @@ def main() -> None:
                   f"{row['fraction_of_peak']:6.1%} of peak  {row['cost_over_no_adapters']:+.1%} over no adapters", flush=True)
         result["deliberation"][count] = rows
     for count in args.phase_agents:
-        rows = {mode: phase_cost(llm, count, args.samples, config, args.belief_tokens, args.batch_size, joint=mode == "joint") for mode in ("joint", "one_by_one")}
+        rows = {mode: phase_cost(llm, count, args.samples, config, args.belief_tokens, args.batch_size, joint=mode == "joint", seed=args.seed) for mode in ("joint", "one_by_one")}
         for mode, row in rows.items():
             print(f"  phase at {count:>3} agents x {args.samples} samples, {mode:<10}: {row['seconds_per_sample']:.3f} s per sample ({row['seconds']} s)", flush=True)
         result["phase"][count] = rows

@@ -105,7 +105,7 @@ def evaluate(run_dir: str | Path, *, phase: int | None = None, start: str | None
         llm.detach_adapters()
     decisions = pd.concat(decisions, ignore_index=True)
     baselines = _baselines(data, dates, evaluated)
-    metrics = _metrics(pd.concat([decisions, baselines], ignore_index=True), in_sample)
+    metrics = _metrics(pd.concat([decisions, baselines], ignore_index=True), in_sample, child_seed(scenario.run.seed, "evaluation bootstrap"))
     out = run_dir / EVALUATION_DB
     out.unlink(missing_ok=True)
     import duckdb
@@ -198,7 +198,7 @@ def _baselines(data: MarketData, dates: list[pd.Timestamp], scenario: Scenario) 
     return frame.assign(reward=frame["decision_depth"] * frame["realised_return"])
 
 
-def _metrics(decisions: pd.DataFrame, in_sample: bool) -> pd.DataFrame:
+def _metrics(decisions: pd.DataFrame, in_sample: bool, seed: int) -> pd.DataFrame:
     """Every metric of every strategy, per agent, per group and for all of its agents; decisions of
     several agents, assets or seeds on one day are averaged per (date, asset) first."""
     rows = []
@@ -206,7 +206,7 @@ def _metrics(decisions: pd.DataFrame, in_sample: bool) -> pd.DataFrame:
     def add(strategy: str, level: str, agent_id, group_name, frame: pd.DataFrame) -> None:
         daily = frame.groupby(["date", "asset"], sort=True).agg(decision=("decision_depth", "mean"), expected=("expected_decision", "mean"), realised=("realised_return", "first"))
         expected = None if daily["expected"].isna().any() else daily["expected"].to_numpy()
-        for metric in evaluate_strategy(daily["decision"].to_numpy(), daily["realised"].to_numpy(), expected, seed=child_seed(0, strategy, level, str(agent_id), str(group_name))):
+        for metric in evaluate_strategy(daily["decision"].to_numpy(), daily["realised"].to_numpy(), expected, seed=child_seed(seed, strategy, level, str(agent_id), str(group_name))):
             rows.append({"strategy": strategy, "level": level, "agent_id": agent_id, "group_name": group_name, "metric": metric.name,
                          "value": metric.value, "ci_low": metric.ci_low, "ci_high": metric.ci_high, "in_sample": in_sample})
 
