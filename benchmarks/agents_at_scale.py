@@ -79,7 +79,7 @@ def dense_parameters(llm: LLM) -> int:
 
 def prompts(llm: LLM, count: int, seed: int) -> list[str]:
     market = Market(llm, seed, Settings(train_dates=max(count, 8), heldout_dates=4))
-    return [market.prompt(date, ARMS["treated" if index % 2 else "control"][1]) for index, date in enumerate(market.dates[:count])]
+    return [market.prompt(date, ARMS["treated" if index % 2 else "control"]) for index, date in enumerate(market.dates[:count])]
 
 
 def _randomise(llm: LLM, seed: int) -> None:
@@ -135,7 +135,7 @@ def deliberate(llm: LLM, texts: list[str], agents: list[int] | None, belief_toke
 def phase_cost(llm: LLM, agents: int, samples_per_agent: int, config: TrainingConfig, belief_tokens: int, batch_size: int, joint: bool, seed: int) -> dict:
     """Seconds per sample of one phase, all agents jointly or one agent at a time (the same samples)."""
     market = Market(llm, child_seed(seed, "phase market"), Settings(train_dates=max(samples_per_agent, 8), heldout_dates=4))
-    texts = [market.prompt(date, ARMS["treated"][1]) for date in market.dates[:samples_per_agent]]
+    texts = [market.prompt(date, ARMS["treated"]) for date in market.dates[:samples_per_agent]]
     with tempfile.TemporaryDirectory() as folder:
         trainer = Trainer(llm, config, Path(folder), list(range(agents)), reward="linear", risk_aversion=0.0,
                           belief_tokens=belief_tokens, max_prompt_tokens=768, batch_size=batch_size)

@@ -22,7 +22,11 @@ import pandas as pd
 from agents.llm import Completion
 from analysis.aed import AEDResult, aed_rows, measure_aed
 from analysis.embeddings import embed_beliefs, load_embedder
+from core.store import RunStore
 from simulation.scenario import AEDConfig
+
+# Puts (step, date) probe states to every agent in one batch: completions as [probe][asset][agent].
+Answer = Callable[[list[tuple[int, pd.Timestamp]]], list[list[list[Completion]]]]
 
 
 @dataclass
@@ -52,7 +56,7 @@ class AEDMeter:
     agent in one batch and returns the completions as [probe][asset][agent] (the model's
     `answer_probes`), and the run's store, to read back the previous measurement."""
 
-    def __init__(self, config: AEDConfig, run_dates: list[pd.Timestamp], store):
+    def __init__(self, config: AEDConfig, run_dates: list[pd.Timestamp], store: RunStore):
         self.config, self.store = config, store
         picks = np.linspace(0, len(run_dates) - 1, num=min(config.probes, len(run_dates))).round().astype(int)
         self.probe_steps = sorted({int(i) for i in picks})
@@ -65,7 +69,7 @@ class AEDMeter:
             self._embedder = load_embedder(self.config.embedder)
         return self._embedder
 
-    def answers(self, answer: Callable[[list[tuple[int, pd.Timestamp]]], list[list[list[Completion]]]]) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
+    def answers(self, answer: Answer) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
         """Every agent's expected decision, sampled decision and greedy belief on every probe and
         asset: shapes (K, N), (K, N) and K x N, K = probes x assets."""
         expected, sampled, beliefs = [], [], []
@@ -76,7 +80,7 @@ class AEDMeter:
                 beliefs.append([c.belief for c in rows])
         return np.array(expected, dtype=float), np.array(sampled, dtype=float), beliefs
 
-    def measure(self, answer, phase: int, step: int) -> AEDMeasurement:
+    def measure(self, answer: Answer, phase: int, step: int) -> AEDMeasurement:
         expected, sampled, beliefs = self.answers(answer)
         previous = self._previous(phase)
         result = measure_aed(phase, step, expected, embed_beliefs(self.embedder, beliefs), previous)
