@@ -205,7 +205,7 @@ class MarketModel(mesa.Model):
         served = pd.concat([o.factors.assign(step=t, agent_id=o.agent_id, asset=o.asset) for o in observations], ignore_index=True)
         event_rows = [{"step": e.step, "kind": e.kind, "category": getattr(e, "category", None), "asset": getattr(e, "asset", None),
                        "value": getattr(e, "value", None), "text": getattr(e, "text", None)} for e in self.scenario.events if e.step == t]
-        step_row = {"step": t, "date": date, "committed_at": pd.Timestamp.utcnow().tz_localize(None), "wall_seconds": report.seconds,
+        step_row = {"step": t, "date": date, "committed_at": pd.Timestamp.now("UTC").tz_localize(None), "wall_seconds": report.seconds,
                     "decisions": len(rows), "completion_tokens": report.completion_tokens,
                     "decisions_per_second": len(rows) / report.seconds, "tokens_per_second": report.completion_tokens / report.seconds}
         with self.store.transaction():
