@@ -98,6 +98,7 @@ def peft_mixed(llm: LLM, agents: int, spec: LoraSpec, seed: int):
     peft = get_peft_model(llm.model, config, adapter_name="agent_0")
     for agent in range(1, agents):
         peft.add_adapter(f"agent_{agent}", config)
+    peft.eval()  # get_peft_model leaves the model in training mode, where PEFT refuses mixed batches
     generator = torch.Generator().manual_seed(child_seed(seed, "adapters"))
     with torch.no_grad():
         for name, param in peft.named_parameters():

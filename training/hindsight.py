@@ -5,7 +5,7 @@ exactly: the market's payoff rule at r (market/payoff.py), for each of the 201 d
 can write. That holds while one agent's own price impact is small, because the return is held
 fixed while the decision varies. A decision `delta` points different moves net demand (the mean
 position over N agents) by delta / (10 N), so the price by `impact * delta / (10 N)` more: with
-base.toml's impact 0.002 and 8 agents, ten points move the price by 0.025 %, against daily moves
+base.toml's impact 0.002 and 6 agents, ten points move the price by 0.033 %, against daily moves
 of about 1 %. With impact 0 (the learning benchmark, replayed data) it is exact.
 
 The trainer learns from standardised excess pay: each sample's return less the mean return of
