@@ -190,6 +190,7 @@ def main() -> None:
     result = {"provenance": provenance(), "settings": vars(args) | {"out": str(args.out) if args.out else None}, "model": llm.source.model_id, "device": str(llm.device), "dtype": str(llm.dtype),
               "threads": torch.get_num_threads(), "matmul_peak_gflops": peak, "dense_parameters": dense, "lora": spec.__dict__,
               "deliberation": {}, "phase": {}}
+    out = args.out or RESULTS_DIR / f"agents-at-scale-{llm.device.type}.json"
     print(f"{result['model']} on {result['device']} ({result['dtype']}), matmul peak {peak:.0f} GFLOP/s, LoRA on {len(spec.layers)} layers x {len(spec.target_modules)} projections")
     deliberate(llm, prompts(llm, 2, args.seed), None, args.belief_tokens, 2, dense, args.seed)  # warm-up
     for count in args.agents:
@@ -209,12 +210,14 @@ def main() -> None:
             print(f"  {count:>4} agents, {name:<10}: {row['decisions_per_s']:6.2f} decisions/s  {row['processed_tokens_per_s']:7.0f} tokens/s  "
                   f"{row['fraction_of_peak']:6.1%} of peak  {row['cost_over_no_adapters']:+.1%} over no adapters", flush=True)
         result["deliberation"][count] = rows
+        write_result(out, result)  # after each count: a run cut short keeps what it measured
     for count in args.phase_agents:
         rows = {mode: phase_cost(llm, count, args.samples, config, args.belief_tokens, args.batch_size, joint=mode == "joint", seed=args.seed) for mode in ("joint", "one_by_one")}
         for mode, row in rows.items():
             print(f"  phase at {count:>3} agents x {args.samples} samples, {mode:<10}: {row['seconds_per_sample']:.3f} s per sample ({row['seconds']} s)", flush=True)
         result["phase"][count] = rows
-    write_result(args.out or RESULTS_DIR / f"agents-at-scale-{llm.device.type}.json", result)
+        write_result(out, result)
+
 
 
 if __name__ == "__main__":
