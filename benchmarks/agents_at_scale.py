@@ -193,6 +193,12 @@ def main() -> None:
     out = args.out or RESULTS_DIR / f"agents-at-scale-{llm.device.type}.json"
     print(f"{result['model']} on {result['device']} ({result['dtype']}), matmul peak {peak:.0f} GFLOP/s, LoRA on {len(spec.layers)} layers x {len(spec.target_modules)} projections")
     deliberate(llm, prompts(llm, 2, args.seed), None, args.belief_tokens, 2, dense, args.seed)  # warm-up
+    for count in args.phase_agents:
+        rows = {mode: phase_cost(llm, count, args.samples, config, args.belief_tokens, args.batch_size, joint=mode == "joint", seed=args.seed) for mode in ("joint", "one_by_one")}
+        for mode, row in rows.items():
+            print(f"  phase at {count:>3} agents x {args.samples} samples, {mode:<10}: {row['seconds_per_sample']:.3f} s per sample ({row['seconds']} s)", flush=True)
+        result["phase"][count] = rows
+        write_result(out, result)
     for count in args.agents:
         texts = prompts(llm, count, args.seed)
         rows = {"none": deliberate(llm, texts, None, args.belief_tokens, args.batch_size, dense, args.seed)}
@@ -211,12 +217,6 @@ def main() -> None:
                   f"{row['fraction_of_peak']:6.1%} of peak  {row['cost_over_no_adapters']:+.1%} over no adapters", flush=True)
         result["deliberation"][count] = rows
         write_result(out, result)  # after each count: a run cut short keeps what it measured
-    for count in args.phase_agents:
-        rows = {mode: phase_cost(llm, count, args.samples, config, args.belief_tokens, args.batch_size, joint=mode == "joint", seed=args.seed) for mode in ("joint", "one_by_one")}
-        for mode, row in rows.items():
-            print(f"  phase at {count:>3} agents x {args.samples} samples, {mode:<10}: {row['seconds_per_sample']:.3f} s per sample ({row['seconds']} s)", flush=True)
-        result["phase"][count] = rows
-        write_result(out, result)
 
 
 
