@@ -74,14 +74,15 @@ def tiny_scenario(folder: Path, model_dir: Path, *, steps: int = 6, impact: floa
         """)
 
 
-def crash_then_resume(monkeypatch, scenario: Path, owner: type, method: str, crashing):
-    """Start `scenario` with `owner.method` replaced by `crashing(original)`, which must raise
-    RuntimeError; then put the method back and resume the run to the end."""
+def crash_then_resume(monkeypatch, scenario: Path, owner: type, method: str, crashing, overrides: list[str] | None = None):
+    """Start `scenario` (with `--set` overrides) with `owner.method` replaced by
+    `crashing(original)`, which must raise RuntimeError; then put the method back and resume the
+    run to the end."""
     from simulation.run import resume, start
 
     original = getattr(owner, method)
     monkeypatch.setattr(owner, method, crashing(original))
     with pytest.raises(RuntimeError):
-        start(str(scenario), plain=True)
+        start(str(scenario), plain=True, overrides=overrides)
     monkeypatch.setattr(owner, method, original)
     return resume(scenario.parent / "runs" / "tiny", plain=True)

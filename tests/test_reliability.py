@@ -160,8 +160,6 @@ def test_model_misbehaviour_never_crashes_a_run_and_is_counted(bad_completion, r
 
 
 def test_overrides_are_recorded_and_a_resume_applies_them_again(tmp_path, tiny_model_dir, monkeypatch):
-    from simulation.run import resume
-
     def crash_at_step_2(original):
         def step(model):
             if model.next_step == 2:
@@ -170,12 +168,7 @@ def test_overrides_are_recorded_and_a_resume_applies_them_again(tmp_path, tiny_m
         return step
 
     path = tiny_scenario(tmp_path, tiny_model_dir, steps=6)
-    original = MarketModel.step
-    monkeypatch.setattr(MarketModel, "step", crash_at_step_2(original))
-    with pytest.raises(RuntimeError):
-        start(str(path), plain=True, overrides=["run.steps=3", "market.impact=0.02"])
-    monkeypatch.setattr(MarketModel, "step", original)
-    result = resume(path.parent / "runs" / "tiny", plain=True)
+    result = crash_then_resume(monkeypatch, path, MarketModel, "step", crash_at_step_2, overrides=["run.steps=3", "market.impact=0.02"])
     assert result.status == "completed"
     con = duckdb.connect(str(result.database), read_only=True)
     overrides, planned = con.execute("SELECT overrides, steps_planned FROM run").fetchone()
