@@ -105,7 +105,8 @@ def evaluate(run_dir: str | Path, *, phase: int | None = None, start: str | None
         llm.detach_adapters()
     decisions = pd.concat(decisions, ignore_index=True)
     baselines = _baselines(data, dates, evaluated)
-    metrics = _metrics(pd.concat([decisions, baselines], ignore_index=True), in_sample, child_seed(scenario.run.seed, "evaluation bootstrap"))
+    every_decision = pd.concat([decisions, baselines], ignore_index=True)
+    metrics = _metrics(every_decision, in_sample, child_seed(scenario.run.seed, "evaluation bootstrap"))
     out = run_dir / EVALUATION_DB
     out.unlink(missing_ok=True)
     import duckdb
@@ -115,7 +116,7 @@ def evaluate(run_dir: str | Path, *, phase: int | None = None, start: str | None
     con.execute("INSERT INTO evaluation VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [str(run_dir), phase, dates[0].date(), dates[-2].date(), len(dates) - 1, seeds, impact, data.source, in_sample, CI_METHOD,
                  json.dumps(provenance()), time.perf_counter() - started])
-    for table, frame in (("eval_decisions", pd.concat([decisions, baselines], ignore_index=True)), ("eval_metrics", metrics)):
+    for table, frame in (("eval_decisions", every_decision), ("eval_metrics", metrics)):
         con.register("incoming", frame)
         con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM incoming")
         con.unregister("incoming")
@@ -182,6 +183,7 @@ def _baselines(data: MarketData, dates: list[pd.Timestamp], scenario: Scenario) 
     closes = data.prices.pivot(index="date", columns="asset", values="close")
     assets = scenario.data.assets or data.assets
     factors = FactorStore(duckdb.connect(), data)
+    specs = agent_specs(scenario)
     rows = []
     for step, (date, next_date) in enumerate(itertools.pairwise(dates)):
         for asset in assets:
@@ -191,7 +193,7 @@ def _baselines(data: MarketData, dates: list[pd.Timestamp], scenario: Scenario) 
             base = {"seed": 0, "step": step, "date": date, "asset": asset, "realised_return": realised, "expected_decision": None}
             rows.append({**base, "strategy": "buy_and_hold", "agent_id": None, "group_name": None, "decision_depth": 10.0})
             rows.append({**base, "strategy": "momentum", "agent_id": None, "group_name": None, "decision_depth": momentum})
-            for spec in agent_specs(scenario):
+            for spec in specs:
                 first = factors.visible(date, asset, list(spec.visible_categories)).iloc[0]["value"]
                 rows.append({**base, "strategy": "factor", "agent_id": spec.agent_id, "group_name": spec.group, "decision_depth": float(np.sign(round(first, 2))) * 10})
     frame = pd.DataFrame(rows)
