@@ -33,6 +33,7 @@ from analysis.plots import (
     run_colours,
     to_png,
 )
+from analysis.query import resolve_runs
 from analysis.rundb import has_rows, open_run_db, resolve_run_db
 from analysis.stylized_facts import (
     SP500_LABEL,
@@ -40,13 +41,19 @@ from analysis.stylized_facts import (
     stylized_facts,
     stylized_facts_table,
 )
+from analysis.sweep_summary import mean_se_table, sweep_figures
 from core.errors import UserError
+from core.sweep_store import is_sweep_dir
 
 REPORT_FILE = "report.html"
 NOT_MEASURED = "not measured in this run"
 NO_STEPS = "no trading step committed yet"
 BELIEF_CHARS = 600  # longer beliefs are cut in the examples table
 NOTES = {
+    "sweep": "Per setting and group over its seeds (its runs): corr(E[d], next return) in the first and "
+    "last training-phase window and its gain, the mean reward in those windows, AED's decision "
+    "dispersion at the first and last measurement, the last phase's belief text share and KL. "
+    "Below: the same per run.",
     "aed": "Drift: mean over agents of the change since the previous measurement (decision in "
     "decision_depth units, belief as cosine distance).",
     "learning": "Per group and training-phase window; cumulative reward is the group's average "
@@ -59,6 +66,7 @@ NOTES = {
     f"{BELIEF_CHARS} characters.",
 }
 SECTIONS = {
+    "sweep": "Sweep: each setting's seeds, mean ± standard error",
     "summary": "Run summary",
     "price": "Price vs fundamental price",
     "decisions": "Decisions of every agent",
@@ -137,15 +145,19 @@ def main_report(run_paths: list[str], out: str | None) -> Path:
             problem="no run given",
             fix="python -m simulation report RUN_DIR [RUN_DIR ...]",
         )
-    db_paths = [resolve_run_db(path) for path in run_paths]
-    return write_report(db_paths, Path(out) if out else db_paths[0].parent / REPORT_FILE)
+    sweeps = [Path(path) for path in run_paths if is_sweep_dir(path)]
+    db_paths = [ref.database for ref in resolve_runs(sweeps)] if sweeps else []
+    db_paths += [resolve_run_db(path) for path in run_paths if not is_sweep_dir(path)]
+    default = sweeps[0] / REPORT_FILE if sweeps else db_paths[0].parent / REPORT_FILE
+    return write_report(db_paths, Path(out) if out else default, sweeps)
 
 
-def write_report(db_paths: list[Path], out: Path) -> Path:
-    """Write the HTML report of the runs in `db_paths` to `out` and return `out`."""
+def write_report(db_paths: list[Path], out: Path, sweeps: list[Path] | None = None) -> Path:
+    """Write the HTML report of the runs in `db_paths` (and a summary of each sweep in `sweeps`,
+    whose runs are among them) to `out` and return `out`."""
     runs = _unique_labels([load_run(path) for path in db_paths])
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_report(runs), encoding="utf-8")
+    out.write_text(render_report(runs, sweeps or []), encoding="utf-8")
     return out
 
 
@@ -178,10 +190,11 @@ def load_run(db_path: Path) -> RunData:
         )
 
 
-def render_report(runs: list[RunData]) -> str:
+def render_report(runs: list[RunData], sweeps: list[Path] | None = None) -> str:
     """The whole HTML page."""
     colours = run_colours([run.label for run in runs])
-    contents = {
+    contents = {"sweep": "".join(_sweep(folder) for folder in sweeps)} if sweeps else {}
+    contents |= {
         "summary": _table(_summary(runs)),
         "price": _price_figures(runs, colours),
         "decisions": _per_run(runs, _heatmaps),
@@ -206,6 +219,15 @@ def render_report(runs: list[RunData]) -> str:
         f"<h1>Run report: {names}</h1><p class='note'>Made {made} from {sources}.</p>"
         f"{body}</body></html>"
     )
+
+
+def _sweep(folder: Path) -> str:
+    per_run, summary, settings = sweep_figures(folder)
+    if summary.empty:
+        return f"<h3>{html.escape(str(folder))}</h3>" + _note(NO_STEPS)
+    shown = per_run.drop(columns=["run_id"]).round(4)
+    return (f"<h3>{html.escape(str(folder))}</h3>" + _table(mean_se_table(summary, settings))
+            + "<h4>Per run</h4>" + _table(shown))
 
 
 def _summary(runs: list[RunData]) -> pd.DataFrame:

@@ -22,10 +22,12 @@ merely bullish policy gains nothing). Reported per agent:
 - belief quality: the share of beliefs that read as market text, and the exact per-token KL of
   held-out beliefs to the base model.
 
-Each seed runs alone, with its own model, adapters and seeded batches, so its figures do not
-depend on which other seeds ran.
+Each seed runs alone, as a Ray task in a fresh process (`core/parallel.py`, the mechanism of
+`python -m simulation sweep`), with its own model, adapters and seeded batches, so its figures do
+not depend on which other seeds ran, nor on how many ran at once (`--cpus-per-seed`).
 
     python -m benchmarks.learning --seeds 0 1 2 3 4 5
+    python -m benchmarks.learning --seeds 0 1 2 3 4 5 --cpus-per-seed 1   # two seeds at a time on 2 cores
     python -m benchmarks.learning --seeds 3 --set training.beliefs_per_state=2
     python -m benchmarks.learning --quick            # a smoke run, one seed, about a minute
 """
@@ -50,6 +52,7 @@ from agents.prompts import Persona, system_message, user_message
 from agents.scoring import score
 from benchmarks.results_file import RESULTS_DIR, write_result
 from core.overrides import apply_overrides
+from core.parallel import JobRunner, cpu_count
 from core.provenance import provenance
 from core.schema import Section
 from core.seeding import child_seed
@@ -280,12 +283,22 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting (dotted keys, TOML values), e.g. training.step_size=2 or phases=6")
     parser.add_argument("--quick", action="store_true", help="one seed, tiny sizes: a smoke run")
     parser.add_argument("--out", type=Path, help="JSON result file (default benchmarks/results/learning.json)")
+    parser.add_argument("--cpus-per-seed", type=float, default=float(cpu_count()), help="CPUs (torch threads) per seed; default all: one seed at a time")
+    parser.add_argument("--address", help="an existing Ray cluster (auto, or HOST:PORT); default: a local Ray")
     args = parser.parse_args()
     settings = parse_settings(args.set + ([f"seeds={args.seeds}"] if args.seeds else []), QUICK if args.quick else None)
     recorded = provenance()  # the code as it is when the run starts
     started = time.perf_counter()
-    agents = [record for seed in settings.seeds for record in run_seed(settings, seed)]
-    result = {"settings": settings.model_dump(), "provenance": recorded, "seconds": round(time.perf_counter() - started, 1),
+    by_seed: dict[int, list[dict]] = {}
+    with JobRunner(cpus_per_job=args.cpus_per_seed, address=args.address) as runner:
+        for job in runner.run(run_seed, [(settings, seed) for seed in settings.seeds]):
+            seed = settings.seeds[job.index]
+            if not job.ok:
+                raise SystemExit(f"seed {seed} failed: {job.error}")
+            by_seed[seed] = job.value
+            print(f"seed {seed} done in {job.seconds:.0f} s", flush=True)
+    agents = [record for seed in settings.seeds for record in by_seed[seed]]
+    result = {"settings": settings.model_dump(), "cpus_per_seed": args.cpus_per_seed, "provenance": recorded, "seconds": round(time.perf_counter() - started, 1),
               "agents": agents, "summary": summarise(agents)}
     print(report(result))
     write_result(args.out or RESULTS_DIR / f"learning{'-quick' if args.quick else ''}.json", result)

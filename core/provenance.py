@@ -10,7 +10,7 @@ import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
-PACKAGES = ("torch", "transformers", "peft", "mesa", "duckdb", "numpy", "pandas", "pydantic", "gguf", "sentence-transformers")
+PACKAGES = ("torch", "transformers", "peft", "mesa", "duckdb", "numpy", "pandas", "pydantic", "gguf", "sentence-transformers", "ray")
 _ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -1,4 +1,4 @@
-"""The command line: `python -m simulation run | validate | report`.
+"""The command line: `python -m simulation run | validate | sweep | query | report | compare | evaluate | keys`.
 
 Mistakes in the user's input arrive here as `UserError`s and leave as one line on stderr with a
 non-zero exit code and no traceback. Anything else is a bug and keeps its traceback.
@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import sys
-import warnings
 
 from core.errors import UserError
 
@@ -18,20 +16,10 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
-def _quiet_libraries() -> None:
-    """Library progress bars and advice would drown the console; errors still surface."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
 def _run(args: argparse.Namespace) -> int:
     from simulation import run as runs
 
-    _quiet_libraries()
+    runs.quiet_libraries()
     if args.resume:
         result = runs.resume(args.resume, plain=args.plain)
     elif args.scenario:
@@ -84,8 +72,9 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from simulation.evaluate import evaluate
+    from simulation.run import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     result = evaluate(args.run, phase=args.phase, start=args.start, end=args.end, data_scenario=args.data, seeds=args.seeds,
                       impact=args.impact, allow_overlap=args.allow_overlap)
     print(f"evaluation of {result.days} days{' (IN-SAMPLE: dates the run traded on)' if result.in_sample else ''} in {result.seconds:.0f} s")
@@ -93,6 +82,28 @@ def _evaluate(args: argparse.Namespace) -> int:
     print("  SELECT strategy, level, group_name, agent_id, metric, round(value, 4) AS value, round(ci_low, 4) AS low, round(ci_high, 4) AS high")
     print("  FROM eval_metrics WHERE metric IN ('corr', 'corr_expected', 'mean_pay', 'sharpe') AND level != 'agent' ORDER BY metric, strategy;")
     print(f"report:   python -m simulation report {args.run}")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from simulation.sweep import run_sweep
+
+    result = run_sweep(args.scenario, seeds=args.seeds, sets=args.set, name=args.name, output_dir=args.output_dir, address=args.address,
+                       cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run, plain=args.plain)
+    print(f"\nsweep {result.folder}: {result.completed} of {result.runs} runs completed ({result.skipped} before this command) in {result.seconds:.0f} s")
+    for key, error in result.failed.items():
+        print(f"  failed: {key}: {error}")
+    print(f"query it:  python -m simulation query \"SELECT seed, group_name, corr(expected_decision, realised_return) AS corr FROM decisions GROUP BY ALL ORDER BY ALL\" {result.folder}")
+    print(f"report:    python -m simulation report {result.folder}")
+    if result.failed:
+        print(f"re-run the same command to try the {len(result.failed)} failed run(s) again; finished ones are skipped")
+    return 1 if result.failed else 0
+
+
+def _query(args: argparse.Namespace) -> int:
+    from analysis.query import write_query
+
+    print(write_query(args.sql, args.runs, args.out))
     return 0
 
 
@@ -138,6 +149,27 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--impact", type=float, default=0.0, help="market impact during the evaluation (default 0: the data's own prices)")
     evaluate.add_argument("--allow-overlap", action="store_true", help="allow dates the run traded on (every figure is then marked in-sample)")
     evaluate.set_defaults(handler=_evaluate)
+    sweep = commands.add_parser("sweep", help="run a scenario over seeds and a grid of settings, each combination one run on Ray",
+                                description="Seeds x a grid of --set values; each combination is one run (a Ray task) with its own DuckDB under "
+                                            "<output_dir>/sweeps/<name>/runs/. Re-run the same command to resume: finished runs are skipped.")
+    sweep.add_argument("scenario", help="scenario TOML file")
+    sweep.add_argument("--seeds", default="0", help="master seeds: 0-5, 0,2,4 or 0-2,7 (default 0)")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=V1,V2",
+                       help="sweep a key over values (KEY=V1,V2), or set one value for all runs (KEY=V); validated as if written in the file")
+    sweep.add_argument("--name", help="the sweep's name and folder (default: the scenario file's name)")
+    sweep.add_argument("--output-dir", help="folder for sweeps/<name> (default: the scenario's run.output_dir)")
+    sweep.add_argument("--address", help="an existing Ray cluster (auto, or HOST:PORT); default: a local Ray started for the sweep")
+    sweep.add_argument("--cpus-per-run", type=float, default=1.0, help="CPUs (and torch threads) per run (default 1: as many runs at once as cores)")
+    sweep.add_argument("--gpus-per-run", type=float, default=0.0, help="GPUs per run; fractions share a GPU (default 0)")
+    sweep.add_argument("--plain", action="store_true", help="plain progress lines instead of the live console")
+    sweep.set_defaults(handler=_sweep)
+    query = commands.add_parser("query", help="one SQL query over runs and sweeps (every table a view with run_id and the settings)",
+                                description="Attach run databases read-only and run SQL over all of them. Each table is a view over every run, "
+                                            "with run_id, seed and the swept settings as columns; the view `runs` lists the runs.")
+    query.add_argument("sql", help='e.g. "SELECT seed, group_name, corr(decision_depth, realised_return) FROM decisions GROUP BY ALL"')
+    query.add_argument("runs", nargs="+", help="run folders, run.duckdb files or sweep folders")
+    query.add_argument("--out", help="write the result to a .csv or .parquet file instead of printing it")
+    query.set_defaults(handler=_query)
     keys = commands.add_parser("keys", help="print the scenario reference (every key, default and range)")
     keys.set_defaults(handler=_keys)
     return root

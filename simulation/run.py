@@ -10,9 +10,11 @@ last saved adapters, and goes on from the last committed step. A run that fails 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +44,16 @@ class RunResult:
     status: str
     steps: int
     seconds: float
+
+
+def quiet_libraries() -> None:
+    """Library progress bars and advice would drown the console; errors still surface."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def load_data(scenario: Scenario, scenario_file: str) -> tuple[MarketData, list[pd.Timestamp]]:
