@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from core.schema import Section, Unit
+from core.schema import KeyedValueError, Section, Unit
 from market.data import CATEGORIES
 
 
@@ -57,3 +57,25 @@ class ModelConfig(Section):
     max_prompt_tokens: int = Field(768, ge=64, le=32_768, description="Prompts are left-truncated to this many tokens.")
     batch_size: int = Field(32, ge=1, le=1024, description="Agents per forward batch.")
     threads: int | None = Field(None, ge=1, le=512, description="CPU threads for torch (default: torch's choice).")
+    backend: Literal["transformers", "openai"] = Field("transformers", description="'transformers' runs the model in-process; 'openai' asks an OpenAI-compatible server (frozen: no LoRA training).")
+    base_url: str | None = Field(None, pattern=r"^https?://", description="backend 'openai': the server's API root, e.g. http://127.0.0.1:11434/v1.")
+    model: str | None = Field(None, min_length=1, description="backend 'openai': the server's model name; '{agent_id}' in it names each agent's own model (agent-{agent_id}).")
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="backend 'openai': the environment variable holding the API key (the key is never stored).")
+    constraint: Literal["json_schema", "vllm_regex", "sglang_regex", "llamacpp_grammar", "decision_slot", "none"] = Field(
+        "json_schema", description="backend 'openai': how the answer's format is enforced (docs/backends.md).")
+    concurrency: int = Field(8, ge=1, le=1024, description="backend 'openai': requests in flight at once.")
+    timeout_s: float = Field(60.0, gt=0.0, le=3600.0, description="backend 'openai': seconds before one try of a request is abandoned.")
+    max_retries: int = Field(3, ge=0, le=20, description="backend 'openai': retries of a failed or malformed request, with backoff.")
+    lora_updates: bool = Field(False, description="backend 'openai': the server loads LoRA adapters at run time (vLLM); training runs on `path`, a local copy of its base weights.")
+
+    @model_validator(mode="after")
+    def _backend_keys(self) -> ModelConfig:
+        if self.backend == "openai":
+            for key in ("base_url", "model"):
+                if getattr(self, key) is None:
+                    raise KeyedValueError(f"model.{key}", "backend 'openai' needs it", f"set model.{key} (docs/backends.md has examples)")
+        else:
+            for key in ("base_url", "model", "api_key_env", "lora_updates"):
+                if getattr(self, key) not in (None, False):
+                    raise KeyedValueError(f"model.{key}", "only the 'openai' backend reads it", "set model.backend = \"openai\", or remove the key")
+        return self

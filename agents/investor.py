@@ -14,7 +14,13 @@ from dataclasses import dataclass
 import mesa
 import pandas as pd
 
-from agents.prompts import Memory, Persona, system_message, user_message
+from agents.prompts import (
+    DEFAULT_STRATEGY,
+    Memory,
+    Persona,
+    system_message,
+    user_message,
+)
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,8 @@ class InvestorAgent(mesa.Agent):
         self.cumulative_reward = 0.0
         self.last_decision: float | None = None
         self.last_belief = ""
+        self.strategy = DEFAULT_STRATEGY  # the strategy prompt; APO phases may replace it
+        self.strategy_version = 0
 
     @property
     def agent_id(self) -> int:
@@ -55,7 +63,7 @@ class InvestorAgent(mesa.Agent):
 
     def observe(self, *, asset: str, price: float, factors: pd.DataFrame, news: list[str], use_memory: bool = True) -> Observation:
         """The agent's view: only its own categories (the factor store already filtered them)."""
-        user = user_message(asset=asset, price=price, factors=factors, news=news, memory=list(self.memory) if use_memory else [])
+        user = user_message(asset=asset, price=price, factors=factors, news=news, memory=list(self.memory) if use_memory else [], strategy=self.strategy)
         return Observation(self.agent_id, asset, factors, system_message(self.spec.persona), user)
 
     def settle(self, *, date: str, belief: str, decision_depth: float, realised_return: float, reward: float) -> None:

@@ -66,6 +66,12 @@ class Completion:
     expected_decision: float | None = None   # E[d] under the slot's exact distribution
     decision_std: float | None = None        # its standard deviation
     outcome_logprobs: tuple[float, ...] | None = None  # log π of every spelling (DecisionTree.outcomes)
+    prompt_tokens: int | None = None      # what a remote server reports (None: count prompt_ids)
+    completion_tokens: int | None = None
+    served_by: str | None = None          # the remote server's model id
+    retries: int = 0                      # malformed remote answers asked again
+
+
 
 
 def resolve_source(path: str, gguf_file: str | None = None, key: str = "model.path") -> ModelSource:
@@ -198,6 +204,11 @@ class LLM:
         """Give every agent 0..agents-1 a fresh adapter (outputs stay the base model's until trained)."""
         self.adapters = StackedAdapters(self.model, agents, spec)
         return self.adapters
+
+    @property
+    def routes_agents(self) -> bool:
+        """Whether `generate` needs each row's agent (it runs the row with that agent's adapter)."""
+        return self.adapters is not None
 
     def detach_adapters(self) -> None:
         """Drop every agent's adapter: the model is the base model again."""
@@ -380,6 +391,31 @@ class LLM:
             last = hidden[:, -1]
         outcome = {node: index for index, node in enumerate(tree.outcomes)}
         return [outcome[node] for node in nodes]
+
+    @torch.no_grad()
+    def complete(self, conversations: list[list[dict]], agents: list[int] | None = None, *, max_tokens: int = 96, temperature: float = 0.7,
+                 seed: int = 0, batch_size: int = 16) -> list[tuple[str, int, int]]:
+        """Free text: each conversation's next assistant message, with row i's agent's adapter if
+        `agents` is given; (text, prompt tokens, completion tokens) per conversation. Sampling is
+        seeded per batch from `seed` without touching the global generator. Used where no decision
+        is wanted: APO's critiques and rewrites, plain chats of `simulation serve`."""
+        results = []
+        for start in range(0, len(conversations), batch_size):
+            prompts = [self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) if self.tokenizer.chat_template
+                       else "\n\n".join(message["content"] for message in messages) + "\n\n" for messages in conversations[start:start + batch_size]]
+            encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+            rows = agents[start:start + batch_size] if agents is not None else None
+            devices = [self.device] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices), self.route(rows):
+                torch.manual_seed(seed + start)
+                output = self.model.generate(**encoded, max_new_tokens=max_tokens, do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
+                                             top_k=None, top_p=None, repetition_penalty=None, pad_token_id=self.pad_id)
+            for row in range(len(prompts)):
+                new = output[row, encoded.input_ids.shape[1]:].tolist()
+                while new and new[-1] == self.pad_id:
+                    new.pop()
+                results.append((self.tokenizer.decode(new, skip_special_tokens=True).strip(), int(encoded.attention_mask[row].sum()), len(new)))
+        return results
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)

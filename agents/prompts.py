@@ -14,6 +14,14 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+ASSET_PLACEHOLDER = "{asset}"
+DEFAULT_STRATEGY = "In one sentence, state your belief about {asset}'s return tomorrow."  # the strategy prompt APO rewrites
+
+
+def render_strategy(strategy: str, asset: str) -> str:
+    """The strategy prompt for one asset: its only placeholder filled, nothing else read as a template."""
+    return strategy.replace(ASSET_PLACEHOLDER, asset)
+
 
 @dataclass(frozen=True)
 class Persona:
@@ -55,8 +63,10 @@ def user_message(
     factors: pd.DataFrame,
     news: list[str],
     memory: list[Memory],
+    strategy: str = DEFAULT_STRATEGY,
 ) -> str:
-    """The market as this agent may see it (no date: see the module docstring).
+    """The market as this agent may see it (no date: see the module docstring), then the agent's
+    strategy prompt: the instruction that shapes its belief, the one line APO may rewrite.
 
     `factors` has columns category, name, value.
     """
@@ -68,5 +78,5 @@ def user_message(
     if memory:
         history = ", ".join(f"{m.decision_depth:+.0f} then {m.realised_return * 100:+.1f}%" for m in memory)
         lines.append(f"Your recent trades (decision then next-day return): {history}.")
-    lines.append(f"In one sentence, state your belief about {asset}'s return tomorrow.")
+    lines.append(render_strategy(strategy, asset))
     return "\n".join(lines)

@@ -62,6 +62,9 @@ NOTES = {
     "training": "Per phase; epochs, held-back pay (exact expected standardised pay on the phase's "
     "held-back states, before and after), KLs, text share and reward are means over agents; samples "
     "and seconds are sums.",
+    "prompts": "Each agent's adopted strategy prompt after every APO phase with its replay and held-back pay, "
+    "how many rewrites each phase wrote, rejected and adopted, and the tokens and seconds spent on "
+    "critiques, rewrites and replays.",
     "beliefs": f"First and last step, first two agents of each group, first asset; beliefs cut at "
     f"{BELIEF_CHARS} characters.",
 }
@@ -76,6 +79,7 @@ SECTIONS = {
     "facts": "Stylized facts",
     "training": "Training phases",
     "beliefs": "Example beliefs",
+    "prompts": "Prompt optimisation (APO)",
 }
 
 TRAINING_SQL = """
@@ -101,6 +105,21 @@ SELECT s.group_name, d.step, d.agent_id, d.asset, d.decision_depth, d.belief
 FROM decisions d JOIN shown s USING (agent_id), span
 WHERE d.step IN (span.first_step, span.last_step) AND d.asset = span.asset
 ORDER BY s.group_name, d.step, d.agent_id
+"""
+
+PROMPTS_SQL = """
+SELECT phase, agent_id, version, round(replay_score, 6) AS replay_pay, round(heldout_score, 6) AS heldout_pay, reason, text
+FROM prompts WHERE adopted ORDER BY agent_id, phase
+"""
+PROMPT_COUNTS_SQL = """
+SELECT phase, count(*) FILTER (WHERE parent_version IS NOT NULL) AS rewrites,
+       count(*) FILTER (WHERE reason LIKE 'rejected%') AS rejected,
+       count(*) FILTER (WHERE adopted AND reason LIKE 'adopted%') AS adopted
+FROM prompts WHERE phase > 0 GROUP BY phase ORDER BY phase
+"""
+USAGE_SQL = """
+SELECT phase, purpose, sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens, round(sum(seconds), 1) AS seconds
+FROM apo_usage GROUP BY ALL ORDER BY phase, purpose
 """
 
 CSS = """
@@ -133,6 +152,9 @@ class RunData:
     training: pd.DataFrame | None
     aed: pd.DataFrame | None
     beliefs: pd.DataFrame
+    prompts: pd.DataFrame | None = None      # APO runs: the adopted prompts per phase
+    prompt_counts: pd.DataFrame | None = None
+    apo_usage: pd.DataFrame | None = None
 
 
 def main_report(run_paths: list[str], out: str | None) -> Path:
@@ -187,6 +209,9 @@ def load_run(db_path: Path) -> RunData:
             training=con.execute(TRAINING_SQL).df() if has_rows(con, "training") else None,
             aed=con.execute(AED_SQL).df() if has_rows(con, "aed") else None,
             beliefs=con.execute(BELIEFS_SQL).df(),
+            prompts=con.execute(PROMPTS_SQL).df() if has_rows(con, "prompts") else None,
+            prompt_counts=con.execute(PROMPT_COUNTS_SQL).df() if has_rows(con, "prompts") else None,
+            apo_usage=con.execute(USAGE_SQL).df() if has_rows(con, "apo_usage") else None,
         )
 
 
@@ -205,6 +230,8 @@ def render_report(runs: list[RunData], sweeps: list[Path] | None = None) -> str:
         "training": _per_run(runs, lambda run: _measured(run.training)),
         "beliefs": _per_run(runs, _beliefs),
     }
+    if any(run.prompts is not None for run in runs):
+        contents["prompts"] = _per_run(runs, _prompts)
     body = "".join(
         f"<section><h2>{html.escape(SECTIONS[key])}</h2>"
         f"{_note(NOTES[key]) if key in NOTES else ''}{content}</section>"
@@ -316,6 +343,13 @@ def _facts(runs: list[RunData]) -> pd.DataFrame:
             label = f"{run.label} - {asset}" if several_assets else run.label
             facts[label] = stylized_facts(rows["return"], rows["volume"])
     return stylized_facts_table(facts).rename_axis("statistic").reset_index()
+
+
+def _prompts(run: RunData) -> str:
+    if run.prompts is None:
+        return _note(NOT_MEASURED)
+    return (_table(run.prompts, "text") + "<h4>Rewrites per phase</h4>" + _measured(run.prompt_counts)
+            + "<h4>Tokens and seconds per phase</h4>" + _measured(run.apo_usage))
 
 
 def _beliefs(run: RunData) -> str:

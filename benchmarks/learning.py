@@ -48,7 +48,7 @@ from pydantic import Field
 
 from agents.decoding import split_tokens
 from agents.llm import LLM, Completion
-from agents.prompts import Persona, system_message, user_message
+from agents.prompts import DEFAULT_STRATEGY, Persona, system_message, user_message
 from agents.scoring import score
 from benchmarks.results_file import RESULTS_DIR, write_result
 from core.overrides import apply_overrides
@@ -93,7 +93,7 @@ class Market:
     """One synthetic market and the prompts the simulation would write on it (no memory, no news)."""
 
     def __init__(self, llm: LLM, seed: int, settings: Settings):
-        self.llm = llm
+        self.llm, self.asset = llm, ASSET
         n_days = settings.train_dates + settings.heldout_dates + 2
         self.data = generate_synthetic(n_assets=1, n_days=n_days, start_date="2020-01-01", signal={"fundamental": settings.signal}, factors_per_category=2, seed=seed)
         self.store = FactorStore(duckdb.connect(), self.data)
@@ -107,11 +107,11 @@ class Market:
         value = float(self.closes.iloc[position + 1] / self.closes.iloc[position] - 1.0)
         return -value if mirrored else value
 
-    def prompt(self, date: pd.Timestamp, categories: tuple[str, ...], mirrored: bool = False) -> str:
+    def prompt(self, date: pd.Timestamp, categories: tuple[str, ...], mirrored: bool = False, strategy: str = DEFAULT_STRATEGY) -> str:
         factors = self.store.visible(date, ASSET, list(categories))
         if mirrored:
             factors["value"] = -factors["value"]
-        user = user_message(asset=ASSET, price=float(self.closes.loc[date]), factors=factors, news=[], memory=[])
+        user = user_message(asset=ASSET, price=float(self.closes.loc[date]), factors=factors, news=[], memory=[], strategy=strategy)
         return self.llm.chat_prompt(system_message(PERSONA), user)
 
 

@@ -29,7 +29,7 @@ CREATE TABLE IF NOT EXISTS run (
     run_id VARCHAR, name VARCHAR, scenario_path VARCHAR, scenario_toml VARCHAR, overrides VARCHAR, master_seed BIGINT,
     model_id VARCHAR, model_sha256 VARCHAR, device VARCHAR, dtype VARCHAR, package_versions VARCHAR,
     status VARCHAR, error VARCHAR, steps_planned INTEGER, started_at TIMESTAMP, finished_at TIMESTAMP,
-    wall_seconds DOUBLE);
+    wall_seconds DOUBLE, backend VARCHAR);
 CREATE TABLE IF NOT EXISTS agents (
     agent_id INTEGER PRIMARY KEY, group_name VARCHAR, visible_categories VARCHAR[], optimism DOUBLE,
     rationality DOUBLE, risk_preference DOUBLE, temperature DOUBLE, memory_length INTEGER, seed BIGINT);
@@ -43,8 +43,15 @@ CREATE TABLE IF NOT EXISTS decisions (
     prompt_tokens INTEGER, completion_tokens INTEGER, latency_s DOUBLE, adapter_version INTEGER,
     realised_return DOUBLE, reward DOUBLE, position DOUBLE, wealth DOUBLE,
     expected_decision DOUBLE, decision_std DOUBLE,
-    prompt_ids INTEGER[], completion_ids INTEGER[], trainable_mask BOOLEAN[],
-    PRIMARY KEY (step, agent_id, asset));
+    prompt_ids INTEGER[], completion_ids INTEGER[], trainable_mask BOOLEAN[], served_by VARCHAR, retries INTEGER,
+    prompt_version INTEGER, PRIMARY KEY (step, agent_id, asset));
+CREATE TABLE IF NOT EXISTS prompts (
+    phase INTEGER, step INTEGER, agent_id INTEGER, version INTEGER, parent_version INTEGER, text VARCHAR,
+    replay_score DOUBLE, heldout_score DOUBLE, in_beam BOOLEAN, adopted BOOLEAN, reason VARCHAR);
+CREATE TABLE IF NOT EXISTS critiques (
+    phase INTEGER, agent_id INTEGER, version INTEGER, text VARCHAR, prompt_tokens INTEGER, completion_tokens INTEGER);
+CREATE TABLE IF NOT EXISTS apo_usage (
+    phase INTEGER, agent_id INTEGER, purpose VARCHAR, prompt_tokens INTEGER, completion_tokens INTEGER, seconds DOUBLE);
 CREATE TABLE IF NOT EXISTS factors_served (
     step INTEGER, agent_id INTEGER, asset VARCHAR, category VARCHAR, name VARCHAR,
     factor_date DATE, value DOUBLE);

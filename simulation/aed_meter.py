@@ -75,7 +75,7 @@ class AEDMeter:
         expected, sampled, beliefs = [], [], []
         for per_asset in answer(list(zip(self.probe_steps, self.probe_dates))):
             for rows in per_asset:
-                expected.append([c.expected_decision for c in rows])
+                expected.append([c.expected_decision if c.expected_decision is not None else c.decision_depth for c in rows])  # a remote model may give no distribution
                 sampled.append([c.decision_depth for c in rows])
                 beliefs.append([c.belief for c in rows])
         return np.array(expected, dtype=float), np.array(sampled, dtype=float), beliefs

@@ -1,4 +1,4 @@
-"""The command line: `python -m simulation run | validate | sweep | query | report | compare | evaluate | keys`.
+"""The command line: `python -m simulation run | validate | sweep | query | serve | report | compare | evaluate | keys`.
 
 Mistakes in the user's input arrive here as `UserError`s and leave as one line on stderr with a
 non-zero exit code and no traceback. Anything else is a bug and keeps its traceback.
@@ -107,6 +107,15 @@ def _query(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from simulation.run import quiet_libraries
+    from simulation.serve import serve
+
+    quiet_libraries()
+    serve(args.run, phase=args.phase, host=args.host, port=args.port)
+    return 0
+
+
 def _keys(args: argparse.Namespace) -> int:
     from simulation.reference import scenario_reference
 
@@ -170,6 +179,14 @@ def parser() -> argparse.ArgumentParser:
     query.add_argument("runs", nargs="+", help="run folders, run.duckdb files or sweep folders")
     query.add_argument("--out", help="write the result to a .csv or .parquet file instead of printing it")
     query.set_defaults(handler=_query)
+    serve = commands.add_parser("serve", help="serve a run's agents as OpenAI-compatible models (agent-0, agent-1, ...)",
+                                description="An OpenAI-compatible server (chat completions, models) for the agents of a finished or running run: "
+                                            "each agent-N is the base model with agent N's adapter from phase K. See docs/backends.md.")
+    serve.add_argument("run", help="run directory (or run.duckdb)")
+    serve.add_argument("--phase", type=int, help="the adapters of this training phase (default: the last; 0 = untrained)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.set_defaults(handler=_serve)
     keys = commands.add_parser("keys", help="print the scenario reference (every key, default and range)")
     keys.set_defaults(handler=_keys)
     return root

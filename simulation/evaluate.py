@@ -80,6 +80,9 @@ def evaluate(run_dir: str | Path, *, phase: int | None = None, start: str | None
     traded = [pd.Timestamp(date) for date in store.query("SELECT DISTINCT date FROM decisions ORDER BY date")["date"]]
     phases = store.query("SELECT DISTINCT phase FROM training ORDER BY phase")["phase"].tolist()
     store.close()
+    if scenario.model.backend != "transformers":
+        raise UserError(str(database), "model.backend", "evaluate replays in-process models only; this run asked a remote server",
+                        "evaluate a run of a model.backend = \"transformers\" scenario")
     phase = (int(phases[-1]) if phases else 0) if phase is None else phase
     if phase and phase not in phases:
         raise UserError(str(database), "--phase", f"the run has no training phase {phase} (it has {phases or 'none'})", "pick one of its phases, or 0 for the untrained agents")

@@ -32,6 +32,7 @@ from market.payoff import recent_variance, reward
 from market.price import Clearing, clear
 from simulation.aed_meter import AEDMeasurement, AEDMeter
 from simulation.scenario import ImpactEvent, NewsEvent, Scenario, ShockEvent
+from training.apo import PromptOptimizer, ReplayState
 from training.phase import PhaseRow, Trainer
 from training.samples import Sample
 
@@ -56,6 +57,7 @@ class Observer(Protocol):
     def on_phase_agent(self, phase: int, row: PhaseRow) -> None: ...
     def on_phase_done(self, phase: int, rows: list[PhaseRow]) -> None: ...
     def on_aed(self, phase: int, result: AEDMeasurement) -> None: ...
+    def on_message(self, text: str) -> None: ...
 
 
 class Silent:
@@ -65,13 +67,15 @@ class Silent:
     def on_phase_agent(self, phase: int, row: PhaseRow) -> None: ...
     def on_phase_done(self, phase: int, rows: list[PhaseRow]) -> None: ...
     def on_aed(self, phase: int, result: AEDMeasurement) -> None: ...
+    def on_message(self, text: str) -> None: ...
 
 
 class MarketModel(mesa.Model):
     def __init__(self, scenario: Scenario, data: MarketData, dates: list[pd.Timestamp], store: RunStore, llm: LLM, *,
-                 trainer: Trainer | None, aed_meter: AEDMeter | None, observer: Observer, adapter_version: int = 0):
-        """`trainer` trains the agents' adapters (None: no training); `adapter_version` is the phase
-        behind adapters that are already loaded (an evaluation's)."""
+                 trainer: Trainer | PromptOptimizer | None, aed_meter: AEDMeter | None, observer: Observer, adapter_version: int = 0):
+        """`trainer` trains the agents' adapters, or (a `PromptOptimizer`) their strategy prompts;
+        None: no training. `adapter_version` is the phase behind adapters that are already loaded
+        (an evaluation's)."""
         super().__init__(rng=np.random.default_rng(child_seed(scenario.run.seed, "model")))
         self.scenario, self.data, self.dates, self.store, self.llm = scenario, data, dates, store, llm
         self.trainer, self.aed_meter, self.observer = trainer, aed_meter, observer
@@ -105,7 +109,7 @@ class MarketModel(mesa.Model):
         seconds = time.perf_counter() - started
         report = StepReport(t, str(date.date()), clearings, {a: float(self.fundamental.loc[next_date, a]) for a in self.assets},
                             [c.decision_depth for c in completions], sum(c.fallback_reason is not None for c in completions),
-                            seconds, sum(len(c.completion_ids) for c in completions), fired)
+                            seconds, sum(row["completion_tokens"] for row in rows), fired)
         self.commit(t, date, clearings, shocks, rows, observations, report)
         self.next_step = t + 1
         self.observer.on_step(self, report)
@@ -158,7 +162,7 @@ class MarketModel(mesa.Model):
         specs = [self.investor(o.agent_id).spec for o in observations]
         temperatures = [0.0 if greedy else spec.temperature for spec in specs]
         decision_temperatures = [spec.temperature for spec in specs]  # the agent's own policy, also on greedy probes
-        agents = [o.agent_id for o in observations] if self.llm.adapters is not None else None
+        agents = [o.agent_id for o in observations] if self.llm.routes_agents else None
         return self.llm.generate(prompts, temperatures, agents, belief_tokens=model_config.belief_tokens,
                                  max_prompt_tokens=model_config.max_prompt_tokens, batch_size=model_config.batch_size,
                                  seed=child_seed(self.master_seed, seed_key, t), decision_temperatures=decision_temperatures)
@@ -183,7 +187,8 @@ class MarketModel(mesa.Model):
             paid = reward(market.reward, realised, completion.decision_depth, risk_preference=agent.spec.persona.risk_preference,
                           risk_aversion=market.risk_aversion, recent_variance=self.variance_at(date, observation.asset))
             agent.settle(date=str(date.date()), belief=completion.belief, decision_depth=completion.decision_depth, realised_return=realised, reward=paid)
-            rows.append(decision_row(t, date, agent.spec.group, observation, completion, realised, paid, agent.wealth, self.adapter_version(agent.agent_id)))
+            rows.append(decision_row(t, date, agent.spec.group, observation, completion, realised, paid, agent.wealth, self.adapter_version(agent.agent_id),
+                                     agent.strategy_version))
         for asset, clearing in clearings.items():
             self.prices[asset] = clearing.next_price
         return rows
@@ -236,9 +241,13 @@ class MarketModel(mesa.Model):
             agent.wealth, agent.last_decision, agent.last_belief = float(last_row.wealth), float(last_row.decision_depth), last_row.belief
             for row in rows.tail(agent.spec.memory_length).itertuples():
                 agent.memory.append(Memory(str(pd.Timestamp(row.date).date()), row.belief, row.decision_depth, row.realised_return, row.reward))
-        if self.trainer is not None:
+        if isinstance(self.trainer, PromptOptimizer):
+            self.restore_prompts()
+        elif self.trainer is not None:
             phases = self.store.query("SELECT DISTINCT phase FROM training")["phase"]
             self.trainer.restore(int(phases.max()) if len(phases) else 0)
+            if len(phases):
+                self.publish_adapters(int(phases.max()))
 
     def catch_up_learning(self) -> None:
         """Measure AED at phase 0, and run a training phase that a crash interrupted."""
@@ -247,10 +256,13 @@ class MarketModel(mesa.Model):
             with self.store.transaction():
                 result.insert_into(self.store)
             self.observer.on_aed(0, result)
+        if isinstance(self.trainer, PromptOptimizer) and self.store.scalar("SELECT count(*) FROM prompts") == 0:
+            self.store.insert("prompts", [row.__dict__ for row in self.trainer.initial_rows()])
         last = self.next_step - 1
         if last >= 0 and self.training_due(last):
             phase = (last + 1) // self.scenario.training.every
-            if not len(self.store.query("SELECT phase FROM training WHERE phase = ?", [phase])):
+            table = "prompts" if isinstance(self.trainer, PromptOptimizer) else "training"
+            if not len(self.store.query(f"SELECT phase FROM {table} WHERE phase = ?", [phase])):
                 self.training_phase(last)
 
     def _aed_measured(self, phase: int) -> bool:
@@ -263,14 +275,17 @@ class MarketModel(mesa.Model):
 
     def adapter_version(self, agent_id: int) -> int:
         """Training phases behind the adapter the agent decides with (0 = the base model's behaviour)."""
-        return self.next_step // self.scenario.training.every if self.trainer else self.loaded_version
+        return self.next_step // self.scenario.training.every if isinstance(self.trainer, Trainer) else self.loaded_version
 
     def training_phase(self, t: int) -> None:
         """Train every agent on its samples since the last phase, then measure AED."""
         phase = (t + 1) // self.scenario.training.every
+        if isinstance(self.trainer, PromptOptimizer):
+            return self.prompt_phase(t, phase)
         samples = self.trainer_samples(t)
         rows = self.trainer.run_phase(phase, t, samples, seed=child_seed(self.master_seed, "phase", phase),
                                       on_agent_done=lambda row: self.observer.on_phase_agent(phase, row))
+        self.publish_adapters(phase)
         aed_rows = self.aed_meter.measure(self.answer_probes, phase, t) if self.aed_meter else None
         with self.store.transaction():
             self.store.insert("training", [row.__dict__ for row in rows])
@@ -279,6 +294,63 @@ class MarketModel(mesa.Model):
         self.observer.on_phase_done(phase, rows)
         if aed_rows:
             self.observer.on_aed(phase, aed_rows)
+
+    def prompt_phase(self, t: int, phase: int) -> None:
+        """APO: rewrite every agent's strategy prompt from its recent pay (training/apo.py), adopt
+        what beats the current one on held-back states, then measure AED; one transaction."""
+        started = time.perf_counter()
+        result = self.trainer.run_phase(phase, t, self.replay_states(t), seed=child_seed(self.master_seed, "phase", phase))
+        self.apply_prompts(result.current)
+        aed_rows = self.aed_meter.measure(self.answer_probes, phase, t) if self.aed_meter else None
+        with self.store.transaction():
+            self.store.insert("prompts", [row.__dict__ for row in result.prompts])
+            self.store.insert("critiques", result.critiques)
+            self.store.insert("apo_usage", result.usage)
+            if aed_rows:
+                aed_rows.insert_into(self.store)
+        for agent in self.agents:
+            gain = result.replay_gain.get(agent.agent_id)
+            self.observer.on_message(f"  APO phase {phase} agent {agent.agent_id}: prompt v{agent.strategy_version}, replay gain "
+                                     f"{'n/a' if gain is None else f'{gain:+.5f}'}: \"{' '.join(agent.strategy.split()[:8])}...\"")
+        self.observer.on_message(f"APO phase {phase} done in {time.perf_counter() - started:.0f} s: "
+                                 f"{sum(row.adopted and not row.reason.startswith('beam') for row in result.prompts)} prompts adopted, "
+                                 f"{sum(row.reason.startswith('rejected') for row in result.prompts)} rejected")
+        if aed_rows:
+            self.observer.on_aed(phase, aed_rows)
+
+    def apply_prompts(self, current: dict[int, tuple[int, str]]) -> None:
+        for agent in self.agents:
+            if agent.agent_id in current:
+                agent.strategy_version, agent.strategy = current[agent.agent_id]
+
+    def restore_prompts(self) -> None:
+        self.trainer.restore(self.store.query("SELECT * FROM prompts").to_dict("records"))
+        self.apply_prompts({agent.agent_id: self.trainer.strategy(agent.agent_id) for agent in self.agents})
+
+    def replay_states(self, t: int) -> dict[int, list[ReplayState]]:
+        """Each agent's most recent decisions up to step t (`training.max_samples`; 0 = all), as APO replays them."""
+        limit = self.scenario.training.max_samples
+        first = max(t + 1 - limit, 0) if limit else 0
+        frame = self.store.query("SELECT step, date, agent_id, asset, prompt, belief, decision_depth, reward, realised_return, prompt_version "
+                                 "FROM decisions WHERE step BETWEEN ? AND ? ORDER BY agent_id, step, asset", [first, t])
+        states: dict[int, list[ReplayState]] = {agent.agent_id: [] for agent in self.agents}
+        for row in frame.itertuples(index=False):
+            spec = self.investor(row.agent_id).spec
+            states[row.agent_id].append(ReplayState(
+                step=row.step, asset=row.asset, prompt=row.prompt, strategy=self.trainer.text_of(row.agent_id, int(row.prompt_version or 0)),
+                seen=" ".join(line.strip() for line in row.prompt.splitlines() if "factors:" in line)[:400] or "(no factors)", belief=row.belief,
+                decision=row.decision_depth, reward=row.reward, realised_return=row.realised_return, temperature=spec.temperature,
+                risk_preference=spec.persona.risk_preference, recent_variance=self.variance_at(pd.Timestamp(row.date), row.asset)))
+        return states
+
+    def publish_adapters(self, phase: int) -> None:
+        """A server that loads LoRA at run time gets every agent's adapter of `phase`, each under a
+        name of its own (run, agent, version)."""
+        if not hasattr(self.llm, "publish_adapters"):
+            return
+        run_id = self.store.run_info()["run_id"]
+        self.llm.publish_adapters({agent.agent_id: (f"{run_id}-agent{agent.agent_id}-v{phase}",
+                                                    str(self.trainer.adapter_path(phase, agent.agent_id).resolve())) for agent in self.agents})
 
     def answer_probes(self, probes: list[tuple[int, pd.Timestamp]]) -> list[list[list[Completion]]]:
         """Every agent's answer on each probe state, in one batch: [probe][asset][agent]. A probe is
@@ -324,13 +396,16 @@ def agent_specs(scenario: Scenario) -> list[AgentSpec]:
     return specs
 
 
-def decision_row(t: int, date: pd.Timestamp, group: str, observation: Observation, completion: Completion, realised: float, paid: float, wealth: float, adapter_version: int) -> dict:
+def decision_row(t: int, date: pd.Timestamp, group: str, observation: Observation, completion: Completion, realised: float, paid: float, wealth: float,
+                 adapter_version: int, prompt_version: int = 0) -> dict:
     return {
         "step": t, "date": date, "agent_id": observation.agent_id, "group_name": group, "asset": observation.asset,
         "prompt": completion.prompt, "belief": completion.belief, "completion": completion.completion,
         "decision_depth": completion.decision_depth, "fallback": completion.fallback_reason is not None,
-        "fallback_reason": completion.fallback_reason, "prompt_tokens": len(completion.prompt_ids),
-        "completion_tokens": len(completion.completion_ids), "latency_s": completion.latency_s,
+        "fallback_reason": completion.fallback_reason,
+        "prompt_tokens": completion.prompt_tokens if completion.prompt_tokens is not None else len(completion.prompt_ids),
+        "completion_tokens": completion.completion_tokens if completion.completion_tokens is not None else len(completion.completion_ids),
+        "latency_s": completion.latency_s, "served_by": completion.served_by, "retries": completion.retries, "prompt_version": prompt_version,
         "adapter_version": adapter_version, "realised_return": realised, "reward": paid,
         "position": completion.decision_depth / 10.0, "wealth": wealth,
         "expected_decision": completion.expected_decision, "decision_std": completion.decision_std,

@@ -64,7 +64,8 @@ def _sections() -> list[tuple[str, str, type[BaseModel]]]:
     synthetic = fields["data"].annotation.model_fields["synthetic"].annotation
     sections = [(f"`{name}`", name, fields[name].annotation) for name in ("run", "data")]
     sections += [("`data.synthetic`", "data.synthetic", synthetic), ("`[[agents.groups]]`", "agents.groups", group)]
-    sections += [(f"`{name}`", name, fields[name].annotation) for name in ("model", "market", "training", "aed")]
+    sections += [(f"`{name}`", name, fields[name].annotation) for name in ("model", "market", "training")]
+    sections += [("`training.apo`", "training.apo", fields["training"].annotation.model_fields["apo"].annotation), ("`aed`", "aed", fields["aed"].annotation)]
     for event in (NewsEvent, ShockEvent, ImpactEvent):
         kind = typing.get_args(event.model_fields["kind"].annotation)[0]
         sections.append((f'`[[events]]` with `kind = "{kind}"`', "events", event))

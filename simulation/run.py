@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from agents.llm import LLM
+from agents.remote import DETERMINISM, RemoteLLM
 from analysis.rundb import resolve_run_db
 from core.errors import DataFileError, UserError
 from core.provenance import package_versions_json
@@ -34,6 +35,7 @@ from simulation.data_checks import check_against_data
 from simulation.model import MarketModel, agent_specs
 from simulation.scenario import Scenario, load_scenario, parse_scenario
 from simulation.warnings_log import captured_warnings
+from training.apo import PromptOptimizer
 from training.phase import Trainer
 
 
@@ -100,14 +102,30 @@ def new_run_dir(output_dir: str, name: str) -> Path:
     return candidate
 
 
-def build_trainer(scenario: Scenario, llm: LLM, run_dir: Path, agent_ids: list[int]) -> Trainer | None:
+def build_trainer(scenario: Scenario, llm: LLM | RemoteLLM, run_dir: Path, agent_ids: list[int], assets: list[str] | None = None) -> Trainer | PromptOptimizer | None:
     if not scenario.training.enabled:
         return None
     model, market = scenario.model, scenario.market
+    if scenario.training.method == "apo":
+        return PromptOptimizer(llm, build_optimizer(scenario, llm), scenario.training, agent_ids, assets or [], reward=market.reward,
+                               risk_aversion=market.risk_aversion, belief_tokens=model.belief_tokens, max_prompt_tokens=model.max_prompt_tokens,
+                               batch_size=model.batch_size)
+    llm = llm.local if isinstance(llm, RemoteLLM) else llm  # a server with runtime LoRA: train the local copy
     trainer = Trainer(llm, scenario.training, run_dir / "adapters", agent_ids, reward=market.reward, risk_aversion=market.risk_aversion,
                       belief_tokens=model.belief_tokens, max_prompt_tokens=model.max_prompt_tokens, batch_size=model.batch_size)
     trainer.attach()
     return trainer
+
+
+def build_optimizer(scenario: Scenario, llm: LLM | RemoteLLM) -> LLM | RemoteLLM:
+    """APO's optimizer model: the agents' own (default), another local model, or a server."""
+    apo, config = scenario.training.apo, scenario.model
+    if apo.optimizer_base_url is not None:
+        return RemoteLLM(apo.optimizer_base_url, apo.optimizer_model, api_key_env=apo.optimizer_api_key_env, constraint="none",
+                         concurrency=config.concurrency, timeout_s=config.timeout_s, max_retries=config.max_retries)
+    if apo.optimizer == "self":
+        return llm
+    return LLM.load(apo.optimizer, None, config.device, config.dtype)
 
 
 def build_aed_meter(scenario: Scenario, dates: list[pd.Timestamp], store: RunStore) -> AEDMeter | None:
@@ -124,12 +142,26 @@ def _console(scenario: Scenario, data: MarketData, run_dir: Path, llm: LLM, plai
     return LiveConsole(scenario.run.steps, header)
 
 
-def _load_llm(scenario: Scenario) -> LLM:
+def _load_llm(scenario: Scenario, scenario_file: str | None = None) -> LLM | RemoteLLM:
     import torch
 
-    if scenario.model.threads:
-        torch.set_num_threads(scenario.model.threads)
-    return LLM.load(scenario.model.path, scenario.model.gguf_file, scenario.model.device, scenario.model.dtype)
+    config = scenario.model
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    local = LLM.load(config.path, config.gguf_file, config.device, config.dtype) if config.backend == "transformers" or config.lora_updates else None
+    if config.backend == "openai":
+        return RemoteLLM(config.base_url, config.model, api_key_env=config.api_key_env, constraint=config.constraint, concurrency=config.concurrency,
+                         timeout_s=config.timeout_s, max_retries=config.max_retries, scenario_file=scenario_file, local=local)
+    return local
+
+
+def backend_json(scenario: Scenario) -> str:
+    """What the run records of its model's backend (never the API key, only its variable's name)."""
+    config = scenario.model
+    if config.backend != "openai":
+        return json.dumps({"backend": config.backend})
+    return json.dumps({"backend": "openai", "base_url": config.base_url, "model": config.model, "api_key_env": config.api_key_env,
+                       "constraint": config.constraint, "determinism": DETERMINISM})
 
 
 def start(scenario_path: str, *, plain: bool = False, output_dir: str | None = None, overrides: list[str] | None = None) -> RunResult:
@@ -138,7 +170,7 @@ def start(scenario_path: str, *, plain: bool = False, output_dir: str | None = N
     overrides = list(overrides or []) + ([f"run.output_dir={json.dumps(output_dir)}"] if output_dir is not None else [])
     scenario = load_scenario(scenario_path, overrides)
     data, dates = load_data(scenario, scenario_path)
-    llm = _load_llm(scenario)
+    llm = _load_llm(scenario, scenario_path)
     run_dir = new_run_dir(scenario.run.output_dir, scenario.run.name)
     # Build the database beside its final name and rename it into place: a run directory that
     # exists always holds a run row, whenever the process is killed.
@@ -148,7 +180,7 @@ def start(scenario_path: str, *, plain: bool = False, output_dir: str | None = N
     store.start_run(run_id=f"{scenario.run.name}-{uuid.uuid4().hex[:8]}", name=scenario.run.name, scenario_path=str(Path(scenario_path).resolve()),
                     scenario_toml=Path(scenario_path).read_text(encoding="utf-8"), overrides=json.dumps(overrides), master_seed=scenario.run.seed,
                     model_id=llm.source.model_id, model_sha256=llm.sha256, device=str(llm.device), dtype=str(llm.dtype).removeprefix("torch."),
-                    package_versions=package_versions_json(), steps_planned=scenario.run.steps)
+                    package_versions=package_versions_json(), steps_planned=scenario.run.steps, backend=backend_json(scenario))
     store.close()
     starting.rename(run_dir)
     store = RunStore(run_dir / DATABASE)
@@ -166,7 +198,7 @@ def resume(run_dir: str | Path, *, plain: bool = False) -> RunResult:
         raise UserError(str(database), "run.status", "this run is already completed", "start a new run instead of resuming")
     scenario = parse_scenario(info["scenario_toml"], info["scenario_path"], json.loads(info["overrides"] or "[]"))
     data, dates = load_data(scenario, info["scenario_path"])
-    llm = _load_llm(scenario)
+    llm = _load_llm(scenario, info["scenario_path"])
     if llm.sha256 != info["model_sha256"]:
         raise UserError(str(database), "run.model_sha256", "the model weights differ from the ones this run started with", "point model.path at the original weights")
     return _drive(scenario, data, dates, store, llm, run_dir, plain, resumed=True)
@@ -177,7 +209,8 @@ def _drive(scenario: Scenario, data: MarketData, dates, store: RunStore, llm: LL
     try:
         specs = agent_specs(scenario)
         console = _console(scenario, data, run_dir, llm, plain)
-        model = MarketModel(scenario, data, dates, store, llm, trainer=build_trainer(scenario, llm, run_dir, [spec.agent_id for spec in specs]),
+        model = MarketModel(scenario, data, dates, store, llm, trainer=build_trainer(scenario, llm, run_dir, [spec.agent_id for spec in specs],
+                                                                                  scenario.data.assets or data.assets),
                             aed_meter=build_aed_meter(scenario, dates, store), observer=console)
         if store.scalar("SELECT count(*) FROM agents") == 0:
             # Not `if not resumed`: a run killed after its directory appeared but before this

@@ -87,6 +87,14 @@ class Scenario(Section):
     events: list[Event] = Field(default_factory=list)
 
     @model_validator(mode="after")
+    def _remote_models_are_frozen(self) -> Scenario:
+        if self.model.backend == "openai" and self.training.enabled and self.training.method == "lora" and not self.model.lora_updates:
+            raise KeyedValueError("training.enabled", "a remote model (model.backend = 'openai') is frozen: LoRA training is refused for it",
+                                  "set training.method = \"apo\" (prompt optimisation) or training.enabled = false, run the model in-process (model.backend = \"transformers\"), or, for a vLLM "
+                                  "server that loads adapters at run time, set model.lora_updates = true")
+        return self
+
+    @model_validator(mode="after")
     def _events_inside_run(self) -> Scenario:
         for index, event in enumerate(self.events):
             if event.step >= self.run.steps:

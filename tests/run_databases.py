@@ -35,7 +35,7 @@ def make_run_db(
     con.execute(
         "INSERT INTO run VALUES (?, ?, 'scenarios/test.toml', '', '[]', ?, 'tiny-llama', 'abc', 'cpu',"
         " 'float32', '{}', 'completed', NULL, ?, TIMESTAMP '2024-01-01 00:00:00',"
-        " TIMESTAMP '2024-01-01 00:01:00', 60.0)",
+        " TIMESTAMP '2024-01-01 00:01:00', 60.0, '{\"backend\": \"transformers\"}')",
         [f"{name}-1", name, seed, steps],
     )
     group_of = {agent: group for group, agents in GROUPS.items() for agent in agents}

@@ -29,10 +29,11 @@ def test_base_scenario_meets_the_documented_minimum():
     assert scenario.training.enabled and scenario.run.steps // scenario.training.every >= 2
 
 
-def _documented_columns() -> dict[str, set[str]]:
-    """Table -> the column names docs/schema.md lists for it."""
+def _documented_columns(part: int = 0) -> dict[str, set[str]]:
+    """Table -> the column names docs/schema.md lists for it: part 0 the run database, 1 the sweep manifest."""
     tables, current = {}, None
-    for line in (ROOT / "docs" / "schema.md").read_text(encoding="utf-8").splitlines():
+    text = (ROOT / "docs" / "schema.md").read_text(encoding="utf-8").split("\n# The sweep manifest")[part]
+    for line in text.splitlines():
         if line.startswith("## "):
             current = line[3:].split(" — ")[0].strip()
             tables[current] = set()
@@ -55,6 +56,19 @@ def test_the_schema_doc_lists_every_table_and_column_the_run_database_has(tmp_pa
     store.close()
     assert _documented_columns() == actual
     del duckdb
+
+
+def test_the_schema_doc_lists_every_table_and_column_of_the_sweep_manifest(tmp_path):
+    import duckdb
+
+    from core.sweep_store import SCHEMA
+
+    with duckdb.connect(str(tmp_path / "sweep.duckdb")) as con:
+        con.execute(SCHEMA)
+        actual = {}
+        for table, column in con.execute("SELECT table_name, column_name FROM information_schema.columns").fetchall():
+            actual.setdefault(table, set()).add(column)
+    assert _documented_columns(1) == actual
 
 
 def test_base_toml_documents_every_key_of_the_schema():

@@ -85,8 +85,10 @@ def test_another_command_under_the_same_name_is_refused(swept):
         run_sweep(str(scenario), seeds="0-2", sets=GRID, plain=True)
 
 
-def test_a_cross_run_query_returns_one_row_group_per_run(swept):
+def test_a_cross_run_query_returns_one_row_group_per_run(swept, capsys):
     _, result = swept
+    assert main(["query", "SELECT count(*) AS runs FROM runs", str(result.folder)]) == 0
+    assert capsys.readouterr().out.split() == ["runs", "4"]
     frame = query("SELECT run_id, seed, market_impact, group_name, count(*) AS n, corr(expected_decision, realised_return) AS corr "
                   "FROM decisions GROUP BY ALL ORDER BY ALL", result.folder)
     assert frame["run_id"].nunique() == 4 and len(frame) == 4 * 3  # 3 groups per run

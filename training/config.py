@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from core.schema import KeyedValueError, Section
@@ -9,8 +11,32 @@ from core.schema import KeyedValueError, Section
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
+class APOConfig(Section):
+    """`[training.apo]`: automated prompt optimisation of each agent's strategy prompt (training/apo.py)."""
+
+    candidates: int = Field(3, ge=1, le=32, description="Rewrites the optimizer proposes per beam prompt per phase.")
+    beam: int = Field(2, ge=1, le=16, description="Prompts kept per agent between phases (the best by replay score); each is rewritten.")
+    holdout: float = Field(0.5, gt=0.0, lt=1.0, description="Share of the replayed states held back from the critique; a candidate is adopted only if it beats the current prompt there.")
+    examples: int = Field(6, ge=2, le=64, description="Recent steps the critique reads, the best- and worst-paid among them included.")
+    critique_tokens: int = Field(64, ge=8, le=1024, description="Most tokens of a critique.")
+    prompt_tokens: int = Field(48, ge=8, le=512, description="Most tokens of a proposed strategy prompt.")
+    max_chars: int = Field(300, ge=20, le=4000, description="Longest strategy prompt accepted, in characters.")
+    temperature: float = Field(0.8, ge=0.0, le=2.0, description="Sampling temperature of the optimizer's critiques and rewrites.")
+    optimizer: str = Field("self", description="'self' = the agents' own model; or a model path (as model.path) for a local optimizer.")
+    optimizer_base_url: str | None = Field(None, pattern=r"^https?://", description="An OpenAI-compatible server for the optimizer (with optimizer_model).")
+    optimizer_model: str | None = Field(None, description="The optimizer's model name on optimizer_base_url.")
+    optimizer_api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="The environment variable holding the optimizer server's key.")
+
+    @model_validator(mode="after")
+    def _remote_optimizer(self) -> APOConfig:
+        if (self.optimizer_base_url is None) != (self.optimizer_model is None):
+            raise KeyedValueError("training.apo.optimizer_model", "optimizer_base_url and optimizer_model go together", "set both, or neither")
+        return self
+
+
 class TrainingConfig(Section):
     enabled: bool = Field(True, description="Run training phases (needs a trainable in-process model).")
+    method: Literal["lora", "apo"] = Field("lora", description="'lora' trains each agent's adapter (needs an in-process model); 'apo' rewrites each agent's strategy prompt, weights frozen (any backend).")
     every: int = Field(20, ge=1, description="Steps between training phases.")
     max_samples: int = Field(20, ge=0, le=100_000, description="Most recent decisions per agent a phase learns from, across phases (0 = all so far). Each one's pay is known for every decision, so older ones stay valid for the decision update.")
     beliefs_per_state: int = Field(1, ge=1, le=16, description="Beliefs per past state: the one the agent wrote plus beliefs_per_state - 1 fresh ones. Above 1 each belief is credited with its exact value against the others (belief credit); 1 = the decision update alone.")
@@ -27,6 +53,7 @@ class TrainingConfig(Section):
     lora_alpha: float = Field(16.0, gt=0.0, description="LoRA scaling numerator: the update is (alpha / r) * B A.")
     target_modules: list[str] = Field(default_factory=lambda: list(PROJECTIONS), min_length=1, description="Linear layers that get LoRA: any of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj.")
     lora_layers: int | None = Field(8, ge=1, le=1024, description="LoRA on only the top lora_layers decoder layers: the frozen layers below run once per phase and the backward pass stops at the adapters. None = every layer.")
+    apo: APOConfig = Field(default_factory=APOConfig, description="Prompt optimisation (method = 'apo').")
 
     @model_validator(mode="after")
     def _known_modules(self) -> TrainingConfig:
