@@ -1,6 +1,6 @@
 """Remote-backend benchmark: scenarios/base.toml in-process, then against `python -m simulation serve`.
 
-Back to back on one machine, the same scenario (training and AED off, `--steps` steps): first the
+Back to back on one machine, the same scenario (training, AED and events off, `--steps` steps): first the
 in-process backend (one batched pass for the step's agents), then the OpenAI-compatible backend
 asking `simulation serve` (a separate process serving a finished run's agents at phase 0, so the
 same untrained weights; it answers one request at a time). Reported per backend: decisions per
@@ -53,7 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     quiet_libraries()
     recorded = provenance()
-    common = [f"run.steps={args.steps}", "training.enabled=false", "aed.enabled=false"]
+    common = [f"run.steps={args.steps}", "training.enabled=false", "aed.enabled=false", "events=[]"]
     results = {}
     with tempfile.TemporaryDirectory() as folder:
         local = start(args.scenario, plain=True, output_dir=folder, overrides=[*common, "run.name=in-process"])
