@@ -41,12 +41,17 @@ def _validate(args: argparse.Namespace) -> int:
 
     scenario = load_scenario(args.scenario, args.set)
     data, dates = load_data(scenario, args.scenario)
-    source = resolve_source(scenario.model.path, scenario.model.gguf_file)
+    config = scenario.model
+    if config.backend == "openai":
+        model = f"{config.model} at {config.base_url} (remote, constraint {config.constraint})"
+    else:
+        model = resolve_source(config.path, config.gguf_file).model_id
     groups = ", ".join(f"{g.name} x{g.count} ({'+'.join(g.categories)})" for g in scenario.agents.groups)
     print(f"{args.scenario}: ok")
     print(f"  {scenario.agents.n_agents} agents: {groups}")
     print(f"  {scenario.run.steps} steps from {dates[0].date()} on {data.source}, assets {', '.join(scenario.data.assets or data.assets)}")
-    print(f"  model {source.model_id}; training {'every ' + str(scenario.training.every) + ' steps' if scenario.training.enabled else 'off'}; "
+    training = f"{scenario.training.method} every {scenario.training.every} steps" if scenario.training.enabled else "off"
+    print(f"  model {model}; training {training}; "
           f"AED {'on' if scenario.aed.enabled else 'off'}; {len(scenario.events)} events")
     return 0
 
@@ -139,7 +144,7 @@ def parser() -> argparse.ArgumentParser:
     validate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a scenario key, as for run")
     validate.set_defaults(handler=_validate)
     report = commands.add_parser("report", help="write an HTML report of one or more runs", description="Write a self-contained HTML report from run databases.")
-    report.add_argument("runs", nargs="+", help="run directories (or run.duckdb files); several are compared side by side")
+    report.add_argument("runs", nargs="+", help="run directories, run.duckdb files or sweep folders; several are compared side by side")
     report.add_argument("--out", help="output HTML file (default: report.html beside the first run)")
     report.set_defaults(handler=_report)
     compare = commands.add_parser("compare", help="compare two runs table by table (timings excluded)")
