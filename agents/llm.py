@@ -71,6 +71,15 @@ class Completion:
     served_by: str | None = None          # the remote server's model id
     retries: int = 0                      # malformed remote answers asked again
 
+    @property
+    def prompt_token_count(self) -> int:
+        """Tokens of the prompt: what a remote server reported, else the prompt's own ids."""
+        return self.prompt_tokens if self.prompt_tokens is not None else len(self.prompt_ids)
+
+    @property
+    def completion_token_count(self) -> int:
+        return self.completion_tokens if self.completion_tokens is not None else len(self.completion_ids)
+
 
 
 

@@ -194,42 +194,49 @@ class RemoteLLM:
         """Every prompt as one request, `concurrency` at a time; the same arguments as `LLM.generate`
         (`agents` names each row's agent, for a per-agent `model` such as `agent-{agent_id}`)."""
         del max_prompt_tokens, batch_size, decision_temperatures, exact  # the server decides these
-        return asyncio.run(self._all(prompts, temperatures, agents, belief_tokens, seed))
+        return self._each(len(prompts), lambda client, row: self._one(client, prompts[row], temperatures[row], agents[row] if agents is not None else None,
+                                                                     belief_tokens, seed + row))
 
     def complete(self, conversations: list[list[dict]], agents: list[int] | None = None, *, max_tokens: int = 96, temperature: float = 0.7,
                  seed: int = 0, batch_size: int = 16) -> list[tuple[str, int, int]]:
         """Free text, as `LLM.complete`: one unconstrained chat request per conversation."""
         del batch_size
 
-        async def run() -> list[tuple[str, int, int]]:
+        async def one(client, row: int) -> tuple[str, int, int]:
+            response = await self._create(client, model=self.model_for(agents[row] if agents is not None else None), messages=conversations[row],
+                                          temperature=temperature, max_tokens=max_tokens, seed=(seed + row) % 2**31)
+            usage = response.usage
+            text = (response.choices[0].message.content or "") if response.choices else ""
+            return text.strip(), (usage.prompt_tokens or 0) if usage else 0, (usage.completion_tokens or 0) if usage else 0
+        return self._each(len(conversations), one)
+
+    def _each(self, count: int, answer) -> list:
+        """`answer(client, row)` for rows 0..count-1, `concurrency` at a time, on one client."""
+        async def run() -> list:
             import openai
 
             limit = asyncio.Semaphore(self.concurrency)
             async with openai.AsyncOpenAI(base_url=self.base_url, api_key=self._api_key, timeout=self.timeout_s, max_retries=self.max_retries) as client:
-                async def one(row: int) -> tuple[str, int, int]:
+                async def one(row: int):
                     async with limit:
-                        try:
-                            response = await client.chat.completions.create(
-                                model=self.model_for(agents[row] if agents is not None else None), messages=conversations[row],
-                                temperature=temperature, max_tokens=max_tokens, seed=(seed + row) % 2**31)
-                        except openai.APIError as error:
-                            raise RemoteModelError(self.base_url, "model.base_url", f"the server did not answer ({type(error).__name__}: "
-                                                   f"{str(error).splitlines()[0][:160]})", "start or fix the server, then --resume") from None
-                    usage = response.usage
-                    text = (response.choices[0].message.content or "") if response.choices else ""
-                    return text.strip(), (usage.prompt_tokens or 0) if usage else 0, (usage.completion_tokens or 0) if usage else 0
-                return list(await asyncio.gather(*(one(row) for row in range(len(conversations)))))
+                        return await answer(client, row)
+                return list(await asyncio.gather(*(one(row) for row in range(count))))
         return asyncio.run(run())
 
-    async def _all(self, prompts, temperatures, names, belief_tokens, seed) -> list[Completion]:
+    async def _create(self, client, **request):
+        """One chat request; a server that stays down after the client's retries, or refuses the
+        request, is one `RemoteModelError` line."""
         import openai
 
-        limit = asyncio.Semaphore(self.concurrency)
-        async with openai.AsyncOpenAI(base_url=self.base_url, api_key=self._api_key, timeout=self.timeout_s, max_retries=self.max_retries) as client:
-            async def one(row: int) -> Completion:
-                async with limit:
-                    return await self._one(client, prompts[row], temperatures[row], names[row] if names is not None else None, belief_tokens, seed + row)
-            return list(await asyncio.gather(*(one(row) for row in range(len(prompts)))))
+        try:
+            return await client.chat.completions.create(**request)
+        except (openai.APIConnectionError, openai.APITimeoutError, openai.InternalServerError, openai.RateLimitError) as error:
+            raise RemoteModelError(self.base_url, "model.base_url", f"the server did not answer after {self.max_retries} retries "
+                                   f"({type(error).__name__}: {str(error).splitlines()[0][:160]})",
+                                   "start or fix the server, then continue with: python -m simulation run --resume RUN_DIR") from None
+        except openai.APIStatusError as error:
+            raise RemoteModelError(self.base_url, "model.model", f"the server refused the request (HTTP {error.status_code}: "
+                                   f"{str(error.message).splitlines()[0][:160]})", "check model.model, model.constraint and the server's logs") from None
 
     def _request(self, messages: list[dict], temperature: float, agent: int | None, belief_tokens: int, seed: int) -> dict:
         belief_chars = belief_tokens * 6
@@ -254,22 +261,12 @@ class RemoteLLM:
         return request
 
     async def _one(self, client, prompt: str, temperature: float, agent: int | None, belief_tokens: int, seed: int) -> Completion:
-        import openai
-
         messages = self._messages.get(prompt) or json.loads(prompt)
         started = time.perf_counter()
         prompt_tokens = completion_tokens = 0
         parsed, text, served, extension = Parsed("", None, "empty"), "", None, None
         for attempt in range(self.max_retries + 1):
-            try:
-                response = await client.chat.completions.create(**self._request(messages, temperature, agent, belief_tokens, (seed + 1_000_003 * attempt) % 2**31))
-            except (openai.APIConnectionError, openai.APITimeoutError, openai.InternalServerError, openai.RateLimitError) as error:
-                raise RemoteModelError(self.base_url, "model.base_url", f"the server did not answer after {self.max_retries} retries "
-                                       f"({type(error).__name__}: {str(error).splitlines()[0][:160]})",
-                                       "start or fix the server, then continue with: python -m simulation run --resume RUN_DIR") from None
-            except openai.APIStatusError as error:
-                raise RemoteModelError(self.base_url, "model.model", f"the server refused the request (HTTP {error.status_code}: "
-                                       f"{str(error.message).splitlines()[0][:160]})", "check model.model, model.constraint and the server's logs") from None
+            response = await self._create(client, **self._request(messages, temperature, agent, belief_tokens, (seed + 1_000_003 * attempt) % 2**31))
             served = response.model
             if response.usage is not None:
                 prompt_tokens += response.usage.prompt_tokens or 0

@@ -23,7 +23,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from analysis.rundb import resolve_run_db
+from analysis.rundb import open_run_db, resolve_run_db
 from core.errors import UserError
 from core.overrides import parse_value, split_override
 from core.store import RUN_DB_FILE
@@ -70,7 +70,7 @@ def resolve_runs(paths: list[str | Path]) -> list[RunRef]:
 
 def _run_settings(database: Path) -> dict:
     """A lone run's settings: its master seed and its `--set` overrides."""
-    with _open(database) as con:
+    with open_run_db(database) as con:
         seed, overrides = con.execute("SELECT master_seed, overrides FROM run").fetchone()
     settings = {"seed": int(seed)}
     for pair in json.loads(overrides or "[]"):
@@ -78,14 +78,6 @@ def _run_settings(database: Path) -> dict:
         if key not in OWN_KEYS:
             settings[column_name(key)] = _scalar(parse_value(value))
     return settings
-
-
-def _open(database: Path) -> duckdb.DuckDBPyConnection:
-    try:
-        return duckdb.connect(str(database), read_only=True)
-    except duckdb.IOException as error:
-        raise UserError(str(database), None, f"cannot open it read-only ({str(error).splitlines()[0][:120]})",
-                        "wait until its run ends (a running run locks its database), or query a copy") from None
 
 
 def connect(paths: list[str | Path]) -> duckdb.DuckDBPyConnection:

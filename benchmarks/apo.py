@@ -15,7 +15,6 @@ and seconds spent on critiques, rewrites and replays, and the prompts.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from pathlib import Path
 
@@ -25,10 +24,10 @@ from pydantic import Field
 
 from agents.llm import LLM
 from agents.prompts import DEFAULT_STRATEGY
-from benchmarks.learning import ARMS, PERSONA, Market, corr
+from benchmarks.learning import ARMS, PERSONA, Market, before_after, corr, run_seeds
 from benchmarks.results_file import RESULTS_DIR, write_result
 from core.overrides import apply_overrides
-from core.parallel import JobRunner, cpu_count
+from core.parallel import cpu_count
 from core.provenance import provenance
 from core.schema import Section
 from core.seeding import child_seed
@@ -78,8 +77,7 @@ def run_seed(settings: Settings, seed: int) -> list[dict]:
     started = time.perf_counter()
     llm = LLM.load(settings.model)
     market = Market(llm, seed, settings)
-    train_dates = market.dates[: settings.train_dates]
-    heldout = [(d, m) for d in market.dates[settings.train_dates: settings.train_dates + settings.heldout_dates] for m in (False, True)]
+    train_dates, heldout = market.train_dates, market.heldout
     config = TrainingConfig(method="apo", max_samples=settings.states, apo=settings.apo)
     optimizer = PromptOptimizer(llm, llm, config, [0, 1], [market.asset], reward=settings.reward, risk_aversion=settings.risk_aversion,
                                 belief_tokens=settings.belief_tokens, max_prompt_tokens=768, batch_size=settings.batch_size)
@@ -127,18 +125,10 @@ def summarise(agents: list[dict]) -> dict:
     summary = {}
     for arm in ARMS:
         rows = [agent for agent in agents if agent["arm"] == arm]
-        figures = {}
-        for metric in ("corr_expected", "corr_sampled", "mean_expected_reward", "mean_reward", "belief_text_share"):
-            for label in ("before", "after"):
-                figures[f"{metric}_{label}"] = _spread([row[label][metric] for row in rows])
-            figures[f"{metric}_gain"] = _spread([row["after"][metric] - row["before"][metric] for row in rows])
+        figures = before_after(rows, ("corr_expected", "corr_sampled", "mean_expected_reward", "mean_reward", "belief_text_share"))
         figures["prompts_changed"] = sum(row["after"]["strategy"] != row["before"]["strategy"] for row in rows)
         summary[arm] = figures
     return summary
-
-
-def _spread(values: list[float]) -> dict:
-    return {"mean": statistics.fmean(values), "se": statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else None, "values": values}
 
 
 def main() -> None:
@@ -151,13 +141,7 @@ def main() -> None:
     settings = Settings.model_validate(apply_overrides({}, args.set + ([f"seeds={args.seeds}"] if args.seeds else []), source="--set"))
     recorded = provenance()
     started = time.perf_counter()
-    by_seed = {}
-    with JobRunner(cpus_per_job=args.cpus_per_seed) as runner:
-        for job in runner.run(run_seed, [(settings, seed) for seed in settings.seeds]):
-            if not job.ok:
-                raise SystemExit(f"seed {settings.seeds[job.index]} failed: {job.error}")
-            by_seed[settings.seeds[job.index]] = job.value
-    agents = [record for seed in settings.seeds for record in by_seed[seed]]
+    agents = run_seeds(run_seed, settings, args.cpus_per_seed)
     summary = summarise(agents)
     for arm, figures in summary.items():
         print(f"{arm}: corr(E[d], r) {figures['corr_expected_before']['mean']:+.3f} -> {figures['corr_expected_after']['mean']:+.3f} "

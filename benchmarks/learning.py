@@ -101,6 +101,8 @@ class Market:
         self.closes = prices["close"]
         self.variance = recent_variance(prices["return"])
         self.dates = list(self.closes.index[:-1])  # every date with a next return
+        self.train_dates = self.dates[: settings.train_dates]
+        self.heldout = [(date, mirrored) for date in self.dates[settings.train_dates: settings.train_dates + settings.heldout_dates] for mirrored in (False, True)]
 
     def next_return(self, date: pd.Timestamp, mirrored: bool = False) -> float:
         position = self.closes.index.get_loc(date)
@@ -120,8 +122,7 @@ def run_seed(settings: Settings, seed: int) -> list[dict]:
     started = time.perf_counter()
     llm = LLM.load(settings.model)
     market = Market(llm, seed, settings)
-    train_dates = market.dates[: settings.train_dates]
-    heldout = [(date, mirrored) for date in market.dates[settings.train_dates: settings.train_dates + settings.heldout_dates] for mirrored in (False, True)]
+    train_dates, heldout = market.train_dates, market.heldout
     arms = list(ARMS.items())
     with tempfile.TemporaryDirectory() as adapter_dir:
         trainer = Trainer(llm, settings.training, Path(adapter_dir), list(range(len(arms))), reward=settings.reward, risk_aversion=settings.risk_aversion,
@@ -222,17 +223,34 @@ def summarise(agents: list[dict]) -> dict:
     summary = {}
     for arm in ARMS:
         rows = [agent for agent in agents if agent["arm"] == arm]
-        figures = {}
-        for metric in METRICS:
-            for label in ("before", "after"):
-                figures[f"{metric}_{label}"] = _spread([row[label][metric] for row in rows])
-            figures[f"{metric}_gain"] = _spread([row["after"][metric] - row["before"][metric] for row in rows])
-        figures["belief_value_after"] = _spread([row["after"]["belief_value"] for row in rows])
-        summary[arm] = figures
+        summary[arm] = {**before_after(rows, METRICS), "belief_value_after": spread([row["after"]["belief_value"] for row in rows])}
     return summary
 
 
-def _spread(values: list[float]) -> dict:
+def before_after(rows: list[dict], metrics) -> dict:
+    """`<metric>_before`, `_after` and `_gain` of one arm's seeds, each as `spread`."""
+    figures = {}
+    for metric in metrics:
+        for label in ("before", "after"):
+            figures[f"{metric}_{label}"] = spread([row[label][metric] for row in rows])
+        figures[f"{metric}_gain"] = spread([row["after"][metric] - row["before"][metric] for row in rows])
+    return figures
+
+
+def run_seeds(run_seed, settings, cpus_per_seed: float, address: str | None = None) -> list[dict]:
+    """`run_seed(settings, seed)` for every seed, each a Ray task in a fresh process; their records in seed order."""
+    by_seed: dict[int, list[dict]] = {}
+    with JobRunner(cpus_per_job=cpus_per_seed, address=address) as runner:
+        for job in runner.run(run_seed, [(settings, seed) for seed in settings.seeds]):
+            seed = settings.seeds[job.index]
+            if not job.ok:
+                raise SystemExit(f"seed {seed} failed: {job.error}")
+            by_seed[seed] = job.value
+            print(f"seed {seed} done in {job.seconds:.0f} s", flush=True)
+    return [record for seed in settings.seeds for record in by_seed[seed]]
+
+
+def spread(values: list[float]) -> dict:
     error = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else None
     return {"mean": statistics.fmean(values), "se": error, "values": values}
 
@@ -289,15 +307,7 @@ def main() -> None:
     settings = parse_settings(args.set + ([f"seeds={args.seeds}"] if args.seeds else []), QUICK if args.quick else None)
     recorded = provenance()  # the code as it is when the run starts
     started = time.perf_counter()
-    by_seed: dict[int, list[dict]] = {}
-    with JobRunner(cpus_per_job=args.cpus_per_seed, address=args.address) as runner:
-        for job in runner.run(run_seed, [(settings, seed) for seed in settings.seeds]):
-            seed = settings.seeds[job.index]
-            if not job.ok:
-                raise SystemExit(f"seed {seed} failed: {job.error}")
-            by_seed[seed] = job.value
-            print(f"seed {seed} done in {job.seconds:.0f} s", flush=True)
-    agents = [record for seed in settings.seeds for record in by_seed[seed]]
+    agents = run_seeds(run_seed, settings, args.cpus_per_seed, args.address)
     result = {"settings": settings.model_dump(), "cpus_per_seed": args.cpus_per_seed, "provenance": recorded, "seconds": round(time.perf_counter() - started, 1),
               "agents": agents, "summary": summarise(agents)}
     print(report(result))

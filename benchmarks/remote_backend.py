@@ -13,27 +13,19 @@ share of fallbacks.
 from __future__ import annotations
 
 import argparse
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import duckdb
-import httpx
 
 from benchmarks.results_file import RESULTS_DIR, write_result
 from core.provenance import provenance
 from simulation.run import quiet_libraries, start
+from simulation.serve import free_port, wait_until_serving
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _figures(database: Path) -> dict:
@@ -58,20 +50,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         local = start(args.scenario, plain=True, output_dir=folder, overrides=[*common, "run.name=in-process"])
         results["in_process"] = _figures(local.database)
-        port = _free_port()
+        port = free_port()
         server = subprocess.Popen([sys.executable, "-m", "simulation", "serve", args.run, "--phase", "0", "--port", str(port)], cwd=ROOT,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            deadline = time.monotonic() + 300
-            while True:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("simulation serve did not come up")
-                time.sleep(0.5)
+            wait_until_serving(f"http://127.0.0.1:{port}/v1/models", server, seconds=300)
             remote = start(args.scenario, plain=True, output_dir=folder, overrides=[
                 *common, "run.name=remote", "model.backend=openai", f"model.base_url=http://127.0.0.1:{port}/v1",
                 "model.model=agent-{agent_id}", "model.constraint=decision_slot"])

@@ -35,7 +35,6 @@ import numpy as np
 import pandas as pd
 
 from agents.llm import LLM
-from agents.lora import LoraSpec
 from analysis.evaluation import CI_METHOD, evaluate_strategy
 from analysis.rundb import resolve_run_db
 from core.errors import UserError
@@ -47,6 +46,7 @@ from simulation.data_checks import check_against_data
 from simulation.model import MarketModel, Silent
 from simulation.run import source_data
 from simulation.scenario import Scenario, load_scenario, parse_scenario
+from training.phase import lora_spec
 
 EVALUATION_DB = "evaluation.duckdb"
 MOMENTUM_DAYS = 20
@@ -102,7 +102,7 @@ def evaluate(run_dir: str | Path, *, phase: int | None = None, start: str | None
     decisions = []
     for strategy in ("trained", "untrained"):
         if strategy == "trained" and phase:
-            _load_adapters(llm, scenario, run_dir / "adapters" / f"phase_{phase}")
+            load_adapters(llm, scenario, run_dir / "adapters" / f"phase_{phase}")
         for seed in range(seeds):
             decisions.append(_play(evaluated, data, dates, llm, seed, strategy, phase if strategy == "trained" else 0))
         llm.detach_adapters()
@@ -153,11 +153,9 @@ def _evaluation_scenario(scenario: Scenario, source: Scenario, steps: int, impac
     })
 
 
-def _load_adapters(llm: LLM, scenario: Scenario, folder: Path) -> None:
-    config, layers = scenario.training, None
-    if config.lora_layers is not None:
-        layers = tuple(range(max(llm.layer_count - config.lora_layers, 0), llm.layer_count))
-    adapters = llm.attach_adapters(scenario.agents.n_agents, LoraSpec(config.lora_rank, config.lora_alpha, tuple(config.target_modules), layers))
+def load_adapters(llm: LLM, scenario: Scenario, folder: Path) -> None:
+    """Every agent's adapter as a run saved it in `folder` (`<run>/adapters/phase_K`)."""
+    adapters = llm.attach_adapters(scenario.agents.n_agents, lora_spec(scenario.training, llm.layer_count))
     for agent in range(scenario.agents.n_agents):
         adapters.load_agent(agent, folder / f"agent_{agent}")
 

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -38,9 +40,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents.llm import LLM
-from agents.lora import LoraSpec
 from analysis.rundb import resolve_run_db
 from core.errors import UserError
+from simulation.evaluate import load_adapters
 from simulation.scenario import Scenario, parse_scenario
 
 DEFAULT_PORT = 8000
@@ -90,15 +92,9 @@ def load_served_run(run: str | Path, phase: int | None = None) -> ServedRun:
     llm = LLM.load(config.path, config.gguf_file, config.device, config.dtype)
     if llm.sha256 != info["model_sha256"]:
         raise UserError(str(database), "run.model_sha256", "the model weights differ from the ones this run used", "point model.path at the original weights")
-    agents = scenario.agents.n_agents
-    training, layers = scenario.training, None
-    if training.lora_layers is not None:
-        layers = tuple(range(max(llm.layer_count - training.lora_layers, 0), llm.layer_count))
-    adapters = llm.attach_adapters(agents, LoraSpec(training.lora_rank, training.lora_alpha, tuple(training.target_modules), layers))
-    if phase:
-        for agent in range(agents):
-            adapters.load_agent(agent, database.parent / "adapters" / f"phase_{phase}" / f"agent_{agent}")
-    return ServedRun(llm, scenario, info["run_id"], phase, agents)
+    if phase:  # phase 0: fresh adapters are the base model, so none are attached
+        load_adapters(llm, scenario, database.parent / "adapters" / f"phase_{phase}")
+    return ServedRun(llm, scenario, info["run_id"], phase, scenario.agents.n_agents)
 
 
 def _error(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
@@ -185,6 +181,30 @@ def _chat(served: ServedRun, messages, agent, temperature, budget, seed):
     ((text, prompt_tokens, completion_tokens),) = served.llm.complete([messages], [agent] if agent is not None else None, max_tokens=budget,
                                                                       temperature=temperature, seed=seed)
     return text, {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}, None
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_serving(url: str, process: subprocess.Popen | None = None, seconds: float = 180) -> None:
+    """Return once GET `url` answers 200; raise if `process` (the server) exits first or time runs out."""
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the server exited: {process.stdout.read() if process.stdout else ''}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} did not come up in {seconds} s")
 
 
 def serve(run: str | Path, *, phase: int | None = None, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from analysis.rundb import open_run_db
 from core.errors import UserError
 from core.parallel import JobRunner
 from core.provenance import git_commit, package_versions_json
@@ -39,8 +40,6 @@ class SweepResult:
 
 def execute_run(scenario_path: str, overrides: list[str], runs_dir: str, run_key: str) -> dict:
     """One run of the sweep, inside a Ray worker: start it, resume it, or see that it is done."""
-    import duckdb
-
     from simulation import run as runs
 
     runs.quiet_libraries()
@@ -49,7 +48,7 @@ def execute_run(scenario_path: str, overrides: list[str], runs_dir: str, run_key
     if stale.exists():
         shutil.rmtree(stale)
     if (run_dir / RUN_DB_FILE).is_file():
-        with duckdb.connect(str(run_dir / RUN_DB_FILE), read_only=True) as con:
+        with open_run_db(run_dir / RUN_DB_FILE) as con:
             status = con.execute("SELECT status FROM run").fetchone()
         if status and status[0] == "completed":
             return {"status": "completed", "resumed": False}
@@ -87,7 +86,7 @@ def run_sweep(scenario_path: str, *, seeds: str = "0", sets: list[str] | None = 
     todo = [run for run in planned if rows[run.key]["status"] != "completed" or not (runs_dir / run.key / RUN_DB_FILE).is_file()]
     cpus = cpus_per_run if cpus_per_run is not None else 1.0
     failed: dict[str, str] = {}
-    console = SweepConsole(folder, [run.key for run in planned], done_before={key for key in rows if key not in {run.key for run in todo}}, plain=plain)
+    console = SweepConsole(folder, [run.key for run in planned], done_before=set(rows) - {run.key for run in todo}, plain=plain)
     threads = max(1, int(cpus))
     try:
         with JobRunner(cpus_per_job=cpus, gpus_per_job=gpus_per_run, address=address) as runner:

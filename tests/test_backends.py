@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -26,31 +25,10 @@ from agents.remote import parse_answer
 from core.errors import ScenarioError, UserError
 from simulation.run import resume, start
 from simulation.scenario import load_scenario
+from simulation.serve import free_port, wait_until_serving
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "sk-test-never-stored-7f3a9c"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(url: str, process: subprocess.Popen | None = None, seconds: float = 180) -> None:
-    import httpx
-
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise AssertionError(f"the server exited: {process.stdout.read() if process.stdout else ''}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"{url} did not come up in {seconds} s")
 
 
 def remote_scenario(folder: Path, model_dir: Path, base_url: str, *, model: str = "agent-{agent_id}", constraint: str = "decision_slot",
@@ -108,7 +86,7 @@ def served(tmp_path_factory, tiny_model_dir):
     process = subprocess.Popen([sys.executable, "-m", "simulation", "serve", str(result.run_dir), "--port", str(port)], cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        wait_for(f"http://127.0.0.1:{port}/v1/models", process)
+        wait_until_serving(f"http://127.0.0.1:{port}/v1/models", process)
         yield f"http://127.0.0.1:{port}/v1", result.run_dir
     finally:
         process.terminate()
@@ -167,7 +145,7 @@ def test_a_scenario_runs_against_transformers_serve(tmp_path, tiny_model_dir, mo
     process = subprocess.Popen([str(Path(sys.executable).parent / "transformers"), "serve", str(tiny_model_dir), "--port", str(port), "--device", "cpu"],
                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        wait_for(f"http://127.0.0.1:{port}/v1/models", process)
+        wait_until_serving(f"http://127.0.0.1:{port}/v1/models", process)
         monkeypatch.setenv("LLM_MARKET_SIM_TEST_KEY", SECRET)
         scenario = remote_scenario(tmp_path, tiny_model_dir, f"http://127.0.0.1:{port}/v1", model=str(tiny_model_dir), constraint="none",
                                    steps=2, extra_model="max_retries = 1")

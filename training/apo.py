@@ -240,9 +240,7 @@ class PromptOptimizer:
             decision = completion.expected_decision if completion.expected_decision is not None else completion.decision_depth
             pays.append(payoff(self.reward, state.realised_return, decision, risk_preference=state.risk_preference,
                                risk_aversion=self.risk_aversion, recent_variance=state.recent_variance))
-        prompt_tokens = sum(c.prompt_tokens if c.prompt_tokens is not None else len(c.prompt_ids) for c in completions)
-        completion_tokens = sum(c.completion_tokens if c.completion_tokens is not None else len(c.completion_ids) for c in completions)
-        return pays, prompt_tokens, completion_tokens
+        return pays, sum(c.prompt_token_count for c in completions), sum(c.completion_token_count for c in completions)
 
     def _select(self, agent: int, scored: list[PromptRow]) -> None:
         current = next(row for row in scored if row.version == self.current[agent] and row.reason == "beam")

@@ -70,6 +70,12 @@ class PhaseRow:
     belief_text_share: float | None   # share of the samples' beliefs that read as market text
 
 
+def lora_spec(config: TrainingConfig, layer_count: int) -> LoraSpec:
+    """Every agent's adapter shape from `[training]`: LoRA on the top `lora_layers` of `layer_count` decoder layers (None: all)."""
+    layers = None if config.lora_layers is None else tuple(range(max(layer_count - config.lora_layers, 0), layer_count))
+    return LoraSpec(config.lora_rank, config.lora_alpha, tuple(config.target_modules), layers)
+
+
 class Trainer:
     """Owns the per-agent adapters on `llm.model` and runs the training phases."""
 
@@ -84,11 +90,7 @@ class Trainer:
 
     def attach(self) -> None:
         """Give every agent a fresh adapter (outputs = the base model's until trained)."""
-        config, layers = self.config, None
-        if config.lora_layers is not None:
-            total = self.llm.model.config.num_hidden_layers
-            layers = tuple(range(max(total - config.lora_layers, 0), total))
-        self.llm.attach_adapters(len(self.agent_ids), LoraSpec(config.lora_rank, config.lora_alpha, tuple(config.target_modules), layers))
+        self.llm.attach_adapters(len(self.agent_ids), lora_spec(self.config, self.llm.layer_count))
 
     @property
     def first_adapted_layer(self) -> int:
