@@ -44,8 +44,8 @@ from core.store import RunStore
 from market.data import MarketData
 from simulation.data_checks import check_against_data
 from simulation.model import MarketModel, Silent
-from simulation.run import source_data
-from simulation.scenario import Scenario, load_scenario, parse_scenario
+from simulation.run import run_scenario, source_data
+from simulation.scenario import Scenario, load_scenario
 from training.phase import lora_spec
 
 EVALUATION_DB = "evaluation.duckdb"
@@ -76,7 +76,7 @@ def evaluate(run_dir: str | Path, *, phase: int | None = None, start: str | None
     run_dir = database.parent
     store = RunStore(database, read_only=True)
     info = store.run_info()
-    scenario = parse_scenario(info["scenario_toml"], info["scenario_path"], json.loads(info.get("overrides") or "[]"))
+    scenario = run_scenario(info)
     traded = [pd.Timestamp(date) for date in store.query("SELECT DISTINCT date FROM decisions ORDER BY date")["date"]]
     phases = store.query("SELECT DISTINCT phase FROM training ORDER BY phase")["phase"].tolist()
     store.close()
@@ -96,9 +96,7 @@ def evaluate(run_dir: str | Path, *, phase: int | None = None, start: str | None
     in_sample = bool(overlap)
     evaluated = _evaluation_scenario(scenario, source, len(dates) - 1, impact)
     check_against_data(evaluated, data_scenario or info["scenario_path"], data.categories, data.assets, len(dates))
-    llm = LLM.load(scenario.model.path, scenario.model.gguf_file, scenario.model.device, scenario.model.dtype)
-    if llm.sha256 != info["model_sha256"]:
-        raise UserError(str(database), "run.model_sha256", "the model weights differ from the ones this run used", "point model.path at the original weights")
+    llm = load_run_model(scenario, info, database)
     decisions = []
     for strategy in ("trained", "untrained"):
         if strategy == "trained" and phase:
@@ -151,6 +149,15 @@ def _evaluation_scenario(scenario: Scenario, source: Scenario, steps: int, impac
         "aed": scenario.aed.model_copy(update={"enabled": False}),
         "events": [],
     })
+
+
+def load_run_model(scenario: Scenario, info: dict, database: Path) -> LLM:
+    """The in-process model a run used, refused in one line if its weights are not the same."""
+    config = scenario.model
+    llm = LLM.load(config.path, config.gguf_file, config.device, config.dtype)
+    if llm.sha256 != info["model_sha256"]:
+        raise UserError(str(database), "run.model_sha256", "the model weights differ from the ones this run used", "point model.path at the original weights")
+    return llm
 
 
 def load_adapters(llm: LLM, scenario: Scenario, folder: Path) -> None:

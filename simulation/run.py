@@ -187,6 +187,11 @@ def start(scenario_path: str, *, plain: bool = False, output_dir: str | None = N
     return _drive(scenario, data, dates, store, llm, run_dir, plain, resumed=False)
 
 
+def run_scenario(info: dict) -> Scenario:
+    """A run's scenario as it ran: the stored text with the stored `--set` overrides."""
+    return parse_scenario(info["scenario_toml"], info["scenario_path"], json.loads(info.get("overrides") or "[]"))
+
+
 def resume(run_dir: str | Path, *, plain: bool = False) -> RunResult:
     database = resolve_run_db(run_dir)
     run_dir = database.parent
@@ -196,7 +201,7 @@ def resume(run_dir: str | Path, *, plain: bool = False) -> RunResult:
         raise UserError(str(database), "run", "the database has no run row (the run never started)", "start it again with: python -m simulation run SCENARIO")
     if info["status"] == "completed":
         raise UserError(str(database), "run.status", "this run is already completed", "start a new run instead of resuming")
-    scenario = parse_scenario(info["scenario_toml"], info["scenario_path"], json.loads(info["overrides"] or "[]"))
+    scenario = run_scenario(info)
     data, dates = load_data(scenario, info["scenario_path"])
     llm = _load_llm(scenario, info["scenario_path"])
     if llm.sha256 != info["model_sha256"]:

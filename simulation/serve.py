@@ -42,8 +42,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from agents.llm import LLM
 from analysis.rundb import resolve_run_db
 from core.errors import UserError
-from simulation.evaluate import load_adapters
-from simulation.scenario import Scenario, parse_scenario
+from simulation.evaluate import load_adapters, load_run_model
+from simulation.run import run_scenario
+from simulation.scenario import Scenario
 
 DEFAULT_PORT = 8000
 
@@ -82,16 +83,13 @@ def _run_row(database: Path) -> tuple[dict, list[int]]:
 def load_served_run(run: str | Path, phase: int | None = None) -> ServedRun:
     database = resolve_run_db(run)
     info, phases = _run_row(database)
-    scenario = parse_scenario(info["scenario_toml"], info["scenario_path"], json.loads(info.get("overrides") or "[]"))
+    scenario = run_scenario(info)
     if scenario.model.backend != "transformers":
         raise UserError(str(database), "model.backend", "this run's agents used a remote model, which has no adapters to serve", "serve the model from its own server")
     phase = (phases[-1] if phases else 0) if phase is None else phase
     if phase and phase not in phases:
         raise UserError(str(database), "--phase", f"the run has no training phase {phase} (it has {phases or 'none'})", "pick one of its phases, or 0 for the untrained agents")
-    config = scenario.model
-    llm = LLM.load(config.path, config.gguf_file, config.device, config.dtype)
-    if llm.sha256 != info["model_sha256"]:
-        raise UserError(str(database), "run.model_sha256", "the model weights differ from the ones this run used", "point model.path at the original weights")
+    llm = load_run_model(scenario, info, database)
     if phase:  # phase 0: fresh adapters are the base model, so none are attached
         load_adapters(llm, scenario, database.parent / "adapters" / f"phase_{phase}")
     return ServedRun(llm, scenario, info["run_id"], phase, scenario.agents.n_agents)
