@@ -20,9 +20,13 @@ resampling is always the day.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from pathlib import Path
 
+import duckdb
 import numpy as np
+import pandas as pd
 
 TRADING_DAYS = 252
 BLOCK_DAYS = 5
@@ -90,3 +94,65 @@ def evaluate_strategy(decisions: np.ndarray, returns: np.ndarray, expected: np.n
     metrics.append(Metric("sharpe_se", float(np.sqrt((1 + daily**2 / 2) / days) * np.sqrt(TRADING_DAYS)), None, None))
     metrics.append(Metric("days", float(days), None, None))
     return metrics
+
+
+EVALUATION_DB = "evaluation.duckdb"
+SHOWN_METRICS = ("mean_pay", "hit_rate", "corr", "corr_expected", "sharpe")
+STRATEGY_ORDER = ("trained", "untrained", "buy_and_hold", "momentum", "factor")
+DAILY_PAY_SQL = """
+SELECT strategy, date, avg(reward) AS pay FROM eval_decisions GROUP BY ALL ORDER BY strategy, date
+"""
+
+
+@dataclass(frozen=True)
+class OutOfSample:
+    """What the report shows of a run's `evaluation.duckdb` (`python -m simulation evaluate`)."""
+
+    info: dict          # the evaluation row: phase, dates, days, every, seeds, impact, data, in_sample
+    table: pd.DataFrame  # per strategy and level (all, group): each shown metric as 'value [low, high]'
+    daily_pay: pd.DataFrame  # strategy, date, pay (mean over agents and seeds)
+
+
+def load_out_of_sample(run_dir: str | Path) -> OutOfSample | None:
+    """The evaluation beside a run's database, or None if the run has not been evaluated."""
+    path = Path(run_dir) / EVALUATION_DB
+    if not path.exists():
+        return None
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        info = con.execute("SELECT * FROM evaluation").df().iloc[0].to_dict()
+        metrics = con.execute("SELECT * FROM eval_metrics WHERE level IN ('all', 'group')").df()
+        daily = con.execute(DAILY_PAY_SQL).df()
+    finally:
+        con.close()
+    return OutOfSample(info, metrics_table(metrics), daily)
+
+
+def metrics_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    """One row per strategy and level: each shown metric with its interval, the Sharpe with its
+    standard error, and the number of days."""
+    rows = []
+    order = {name: index for index, name in enumerate(STRATEGY_ORDER)}
+    keys = metrics[["strategy", "level", "group_name"]].drop_duplicates()
+    keys = keys.assign(_order=keys["strategy"].map(order).fillna(len(order)), _all=keys["level"] != "all")
+    for key in keys.sort_values(["_order", "_all", "group_name"]).itertuples():
+        mine = metrics[(metrics["strategy"] == key.strategy) & (metrics["level"] == key.level)
+                       & ((metrics["group_name"] == key.group_name) if isinstance(key.group_name, str) else metrics["group_name"].isna())]
+        value = dict(zip(mine["metric"], mine.itertuples(), strict=True))
+        row = {"strategy": key.strategy, "agents": key.group_name if isinstance(key.group_name, str) else "all"}
+        for name in SHOWN_METRICS:
+            row[name] = _with_interval(value[name]) if name in value else ""
+        if "sharpe_se" in value:
+            row["sharpe"] += f" (s.e. {value['sharpe_se'].value:.2f})"
+        row["days"] = int(value["days"].value) if "days" in value else None
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _with_interval(metric) -> str:
+    if metric.value is None or (isinstance(metric.value, float) and math.isnan(metric.value)):
+        return "n/a"
+    digits = 4 if abs(metric.value) < 0.1 else 3
+    if metric.ci_low is None or (isinstance(metric.ci_low, float) and math.isnan(metric.ci_low)):
+        return f"{metric.value:.{digits}f}"
+    return f"{metric.value:.{digits}f} [{metric.ci_low:.{digits}f}, {metric.ci_high:.{digits}f}]"

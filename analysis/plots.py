@@ -167,3 +167,21 @@ def _mark_phases(axes: Axes, training_steps: Sequence[int]) -> None:
     """A dashed line after each training phase's last step (the phase runs between two steps)."""
     for step in training_steps:
         axes.axvline(step + 0.5, **PHASE_LINE)
+
+
+def cumulative_pay_figure(title: str, daily_pay: pd.DataFrame, order: Sequence[str]) -> Figure:
+    """Cumulative pay of each strategy over its evaluation dates (columns strategy, date, pay:
+    the day's pay, averaged over the strategy's agents and seeds)."""
+    figure = Figure(figsize=(WIDTH_IN, 3.6), dpi=DPI, layout="constrained")
+    axes = figure.subplots()
+    strategies = [name for name in order if name in set(daily_pay["strategy"])]
+    strategies += sorted(set(daily_pay["strategy"]) - set(strategies))
+    for index, strategy in enumerate(strategies):
+        rows = daily_pay[daily_pay["strategy"] == strategy].sort_values("date")
+        axes.plot(pd.to_datetime(rows["date"]), rows["pay"].cumsum(), color=f"C{index % 10}", label=strategy,
+                  linewidth=2.0 if strategy == "trained" else 1.2)
+    axes.axhline(0.0, color="black", linewidth=0.6)
+    axes.set(title=title, xlabel="evaluation date", ylabel="cumulative pay\n(return x decision_depth)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small", ncols=min(len(strategies), 5))
+    return figure

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from analysis.evaluation import STRATEGY_ORDER, OutOfSample, load_out_of_sample
 from analysis.learning import (
     cumulative_reward_by_group,
     learning_metrics,
@@ -27,6 +28,7 @@ from analysis.learning import (
 )
 from analysis.plots import (
     aed_figure,
+    cumulative_pay_figure,
     decision_heatmap,
     price_figure,
     reward_figure,
@@ -65,6 +67,12 @@ NOTES = {
     "prompts": "Each agent's adopted strategy prompt after every APO phase with its replay and held-back pay, "
     "how many rewrites each phase wrote, rejected and adopted, and the tokens and seconds spent on "
     "critiques, rewrites and replays.",
+    "evaluation": "From `python -m simulation evaluate RUN` (evaluation.duckdb beside the run): the "
+    "trained agents, frozen, on dates the run never traded, against the same agents untrained, "
+    "buy-and-hold, 20-day momentum and each agent's first factor, on exactly the same dates and "
+    "returns. Brackets: 95 % moving-block bootstrap intervals (blocks of 5 days; decisions of one "
+    "day are averaged first). Sharpe: annualised, of the position decision / 10, with its standard "
+    "error; never read it without its days.",
     "beliefs": f"First and last step, first two agents of each group, first asset; beliefs cut at "
     f"{BELIEF_CHARS} characters.",
 }
@@ -80,6 +88,7 @@ SECTIONS = {
     "training": "Training phases",
     "beliefs": "Example beliefs",
     "prompts": "Prompt optimisation (APO)",
+    "evaluation": "Out of sample: agents against baselines",
 }
 
 TRAINING_SQL = """
@@ -155,6 +164,7 @@ class RunData:
     prompts: pd.DataFrame | None = None      # APO runs: the adopted prompts per phase
     prompt_counts: pd.DataFrame | None = None
     apo_usage: pd.DataFrame | None = None
+    out_of_sample: OutOfSample | None = None  # the run's evaluation.duckdb, if it has been evaluated
 
 
 def main_report(run_paths: list[str], out: str | None) -> Path:
@@ -212,6 +222,7 @@ def load_run(db_path: Path) -> RunData:
             prompts=con.execute(PROMPTS_SQL).df() if has_rows(con, "prompts") else None,
             prompt_counts=con.execute(PROMPT_COUNTS_SQL).df() if has_rows(con, "prompts") else None,
             apo_usage=con.execute(USAGE_SQL).df() if has_rows(con, "apo_usage") else None,
+            out_of_sample=load_out_of_sample(db_path.parent),
         )
 
 
@@ -232,6 +243,8 @@ def render_report(runs: list[RunData], sweeps: list[Path] | None = None) -> str:
     }
     if any(run.prompts is not None for run in runs):
         contents["prompts"] = _per_run(runs, _prompts)
+    if any(run.out_of_sample is not None for run in runs):
+        contents["evaluation"] = _per_run(runs, _out_of_sample)
     body = "".join(
         f"<section><h2>{html.escape(SECTIONS[key])}</h2>"
         f"{_note(NOTES[key]) if key in NOTES else ''}{content}</section>"
@@ -350,6 +363,21 @@ def _prompts(run: RunData) -> str:
         return _note(NOT_MEASURED)
     return (_table(run.prompts, "text") + "<h4>Rewrites per phase</h4>" + _measured(run.prompt_counts)
             + "<h4>Tokens and seconds per phase</h4>" + _measured(run.apo_usage))
+
+
+def _out_of_sample(run: RunData) -> str:
+    evaluation = run.out_of_sample
+    if evaluation is None:
+        return _note("not evaluated: python -m simulation evaluate RUN")
+    info = evaluation.info
+    sampled = f", every {info['every']}th trading date" if info.get("every", 1) > 1 else ""
+    where = f"{info['first_date'].date()} .. {info['last_date'].date()}: {info['days']} decision days{sampled}"
+    flag = " IN-SAMPLE (dates the run traded on)" if info["in_sample"] else " out of sample"
+    caption = (f"Phase {info['phase']} adapters, {where},{flag}; {info['seeds']} seed(s), impact {info['impact']}, "
+               f"data {info['data']}.")
+    title = f"{run.label}: cumulative pay, {info['first_date'].date()} .. {info['last_date'].date()}"
+    return (f"<p>{html.escape(caption)}</p>" + _table(evaluation.table)
+            + _img(cumulative_pay_figure(title, evaluation.daily_pay, STRATEGY_ORDER)))
 
 
 def _beliefs(run: RunData) -> str:

@@ -20,7 +20,13 @@ merely bullish policy gains nothing). Reported per agent:
 - the **belief value**: the mean expected reward with the agent's own belief less that with a
   belief it wrote on another held-out date for the same prompt (does the decision read the belief?);
 - belief quality: the share of beliefs that read as market text, and the exact per-token KL of
-  held-out beliefs to the base model.
+  held-out beliefs to the base model;
+- **out of sample against baselines** on the same held-out states and returns: the agent after
+  training (`trained`) and before (`untrained`), `buy_and_hold` (+10), `momentum` (the sign of the
+  past 20-day return) and `factor` (the sign of the first factor the agent reads), each with mean
+  pay, hit rate, corr and an annualised Sharpe of the position d / 10 with its standard error, and
+  95 % block-bootstrap intervals (`analysis/evaluation.py`, as `python -m simulation evaluate`),
+  per seed and pooled over seeds. On mirrored pairs buy-and-hold earns exactly 0 by construction.
 
 Each seed runs alone, as a Ray task in a fresh process (`core/parallel.py`, the mechanism of
 `python -m simulation sweep`), with its own model, adapters and seeded batches, so its figures do
@@ -50,6 +56,7 @@ from agents.decoding import split_tokens
 from agents.llm import LLM, Completion
 from agents.prompts import DEFAULT_STRATEGY, Persona, system_message, user_message
 from agents.scoring import score
+from analysis.evaluation import evaluate_strategy
 from benchmarks.results_file import RESULTS_DIR, write_result
 from core.overrides import apply_overrides
 from core.parallel import JobRunner, cpu_count
@@ -66,6 +73,8 @@ from training.samples import sample_from_completion
 
 ASSET = "SYN0"
 ARMS = {"treated": ("fundamental",), "control": ("sentiment",)}
+MOMENTUM_DAYS = 20  # as simulation/evaluate.py
+STRATEGIES = ("trained", "untrained", "factor", "momentum", "buy_and_hold")
 PERSONA = Persona(optimism=0.5, rationality=0.8, risk_preference=0.5)
 
 
@@ -109,6 +118,17 @@ class Market:
         value = float(self.closes.iloc[position + 1] / self.closes.iloc[position] - 1.0)
         return -value if mirrored else value
 
+    def momentum(self, date: pd.Timestamp, mirrored: bool = False) -> float:
+        """The sign of the past `MOMENTUM_DAYS`-day return, times 10 (a mirror negates the history too)."""
+        position = self.closes.index.get_loc(date)
+        sign = float(np.sign(self.closes.iloc[position] / self.closes.iloc[position - MOMENTUM_DAYS] - 1.0)) if position >= MOMENTUM_DAYS else 0.0
+        return -10.0 * sign if mirrored else 10.0 * sign
+
+    def first_factor(self, date: pd.Timestamp, categories: tuple[str, ...], mirrored: bool = False) -> float:
+        """The sign of the first factor the agent reads, as its prompt shows it (2 decimals), times 10."""
+        value = round(float(self.store.visible(date, ASSET, list(categories)).iloc[0]["value"]), 2)
+        return 10.0 * float(np.sign(-value if mirrored else value))
+
     def prompt(self, date: pd.Timestamp, categories: tuple[str, ...], mirrored: bool = False, strategy: str = DEFAULT_STRATEGY) -> str:
         factors = self.store.visible(date, ASSET, list(categories))
         if mirrored:
@@ -132,8 +152,37 @@ def run_seed(settings: Settings, seed: int) -> list[dict]:
         log = train(llm, trainer, market, arms, train_dates, settings, seed)
         after = evaluate(llm, market, arms, heldout, settings, child_seed(seed, "evaluate"), trained=True)
     seconds = round(time.perf_counter() - started, 1)
-    return [{"seed": seed, "arm": arm, "before": before[index], "after": after[index], "training_log": [entry[index] for entry in log], "seconds": seconds}
-            for index, (arm, _) in enumerate(arms)]
+    returns = [market.next_return(date, mirrored) for date, mirrored in heldout]
+    records = []
+    for index, (arm, categories) in enumerate(arms):
+        series = {"returns": returns, "trained": (after[index].pop("decisions"), after[index].pop("expected")),
+                  "untrained": (before[index].pop("decisions"), before[index].pop("expected")),
+                  "factor": ([market.first_factor(date, categories, mirrored) for date, mirrored in heldout], None),
+                  "momentum": ([market.momentum(date, mirrored) for date, mirrored in heldout], None),
+                  "buy_and_hold": ([10.0] * len(heldout), None)}
+        records.append({"seed": seed, "arm": arm, "before": before[index], "after": after[index], "training_log": [entry[index] for entry in log],
+                        "out_of_sample": out_of_sample(series, child_seed(seed, "bootstrap", arm)), "series": series, "seconds": seconds})
+    return records
+
+
+def out_of_sample(series: dict, seed: int) -> dict:
+    """Per strategy: every metric of `analysis.evaluation` as (value, 95 % low, high) on the held-out states."""
+    figures = {}
+    for strategy in STRATEGIES:
+        decisions, expected = series[strategy]
+        metrics = evaluate_strategy(np.array(decisions), np.array(series["returns"]), None if expected is None else np.array(expected), seed=child_seed(seed, strategy))
+        figures[strategy] = {metric.name: (metric.value, metric.ci_low, metric.ci_high) for metric in metrics}
+    return figures
+
+
+def pooled_out_of_sample(rows: list[dict]) -> dict:
+    """`out_of_sample` over every seed's held-out states at once (seeds' markets are independent)."""
+    pooled = {"returns": [value for row in rows for value in row["series"]["returns"]]}
+    for strategy in STRATEGIES:
+        expected = [row["series"][strategy][1] for row in rows]
+        pooled[strategy] = ([value for row in rows for value in row["series"][strategy][0]],
+                            None if expected[0] is None else [value for values in expected for value in values])
+    return out_of_sample(pooled, 0)
 
 
 def train(llm: LLM, trainer: Trainer, market: Market, arms, dates: list[pd.Timestamp], settings: Settings, seed: int) -> list[list[dict]]:
@@ -188,6 +237,7 @@ def evaluate(llm: LLM, market: Market, arms, states: list[tuple[pd.Timestamp, bo
             "belief_text_share": belief_text_share([c.belief for c in mine], [c.prompt for c in mine]),
             "belief_kl": kl if trained else 0.0,  # fresh adapters are the base model: KL = 0 exactly
             "beliefs": [f"{c.belief} => {c.decision_depth:+.1f} (E {c.expected_decision:+.2f})" for (_, mirrored), c in zip(states, mine) if not mirrored][:3],
+            "decisions": sampled.tolist(), "expected": expected.tolist(),
         })
     return results
 
@@ -223,7 +273,8 @@ def summarise(agents: list[dict]) -> dict:
     summary = {}
     for arm in ARMS:
         rows = [agent for agent in agents if agent["arm"] == arm]
-        summary[arm] = {**before_after(rows, METRICS), "belief_value_after": spread([row["after"]["belief_value"] for row in rows])}
+        summary[arm] = {**before_after(rows, METRICS), "belief_value_after": spread([row["after"]["belief_value"] for row in rows]),
+                        "out_of_sample_pooled": pooled_out_of_sample(rows)}
     return summary
 
 
@@ -274,6 +325,13 @@ def report(result: dict) -> str:
         lines.append(f"{arm}: " + "; ".join(parts))
     treated = result["summary"]["treated"]["corr_expected_after"]["values"]
     lines.append(f"treated seeds with held-out corr(E[d], r) >= 0.35 after training: {sum(value >= 0.35 for value in treated)}/{len(treated)}")
+    lines += ["", "out of sample against baselines, every seed's held-out states pooled (95 % block-bootstrap intervals):"]
+    for arm, figures in result["summary"].items():
+        pooled = figures["out_of_sample_pooled"]
+        lines.append(f"  {arm}: {'strategy':12} {'corr E[d]':>24} {'corr d':>24} {'mean pay':>30} {'hit rate':>22} {'Sharpe (s.e.)':>16} {'days':>5}")
+        for strategy, metric in pooled.items():
+            lines.append(f"  {'':{len(arm)}}  {strategy:12} {_interval(metric.get('corr_expected')):>24} {_interval(metric['corr']):>24} {_interval(metric['mean_pay'], 5):>30} "
+                         f"{_interval(metric['hit_rate']):>22} {_value(metric['sharpe'][0], 2):>7} ({metric['sharpe_se'][0]:.2f}) {int(metric['days'][0]):>5}")
     lines.append("")
     for agent in result["agents"][:2]:
         lines.append(f"beliefs of seed {agent['seed']} {agent['arm']} (belief => decision):")
@@ -284,6 +342,17 @@ def report(result: dict) -> str:
 
 def _se(figure: dict) -> str:
     return f" ± {figure['se']:.4f}" if figure["se"] is not None else ""
+
+
+def _value(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:+.{digits}f}"
+
+
+def _interval(metric: tuple | None, digits: int = 3) -> str:
+    if metric is None:
+        return "-"
+    value, low, high = metric
+    return _value(value, digits) if low is None else f"{_value(value, digits)} [{low:+.{digits}f}, {high:+.{digits}f}]"
 
 
 def _text(value: float | None) -> str:

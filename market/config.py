@@ -39,6 +39,7 @@ class DataConfig(Section):
     assets: list[str] = Field(default_factory=list, description="Assets to trade; empty = all.")
     start: str | None = Field(None, description="First trading date (ISO), or the data's first date.")
     end: str | None = Field(None, description="Last date of data to load (ISO), or the data's last date.")
+    every: int = Field(1, ge=1, le=10_000, description="Decide on every K-th trading date from data.start (1 = every day), so a run's steps can span years; each decision is still paid by the next day's return, and on the days between, when nobody trades, the price follows the data.")
     synthetic: SyntheticConfig = SyntheticConfig()
 
     @model_validator(mode="after")

@@ -51,6 +51,15 @@ class MarketData:
         common = set.intersection(*per_asset) if len(per_asset) else set()
         return sorted(pd.Timestamp(date) for date in common)
 
+    def next_trading_dates(self, dates: list[pd.Timestamp]) -> list[pd.Timestamp]:
+        """For each date, the data's next trading date: the one whose return pays a decision made on it."""
+        trading = self.dates
+        position = {date: index for index, date in enumerate(trading)}
+        missing = [date for date in dates if position.get(date, len(trading) - 1) >= len(trading) - 1]
+        if missing:
+            raise ValueError(f"no trading date after {missing[0].date()} in the data")
+        return [trading[position[date] + 1] for date in dates]
+
     def window(self, start: str | None, end: str | None) -> MarketData:
         """Prices within [start, end]; factors up to `end` (look-backs need the earlier ones)."""
         start_ts = pd.Timestamp(start) if start is not None else self.prices["date"].min()

@@ -49,7 +49,8 @@ def _validate(args: argparse.Namespace) -> int:
     groups = ", ".join(f"{g.name} x{g.count} ({'+'.join(g.categories)})" for g in scenario.agents.groups)
     print(f"{args.scenario}: ok")
     print(f"  {scenario.agents.n_agents} agents: {groups}")
-    print(f"  {scenario.run.steps} steps from {dates[0].date()} on {data.source}, assets {', '.join(scenario.data.assets or data.assets)}")
+    pace = f" (every {scenario.data.every}th trading date)" if scenario.data.every > 1 else ""
+    print(f"  {scenario.run.steps} steps{pace} from {dates[0].date()} to {dates[scenario.run.steps - 1].date()} on {data.source}, assets {', '.join(scenario.data.assets or data.assets)}")
     training = f"{scenario.training.method} every {scenario.training.every} steps" if scenario.training.enabled else "off"
     print(f"  model {model}; training {training}; "
           f"AED {'on' if scenario.aed.enabled else 'off'}; {len(scenario.events)} events")
@@ -81,8 +82,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     quiet_libraries()
     result = evaluate(args.run, phase=args.phase, start=args.start, end=args.end, data_scenario=args.data, seeds=args.seeds,
-                      impact=args.impact, allow_overlap=args.allow_overlap)
-    print(f"evaluation of {result.days} days{' (IN-SAMPLE: dates the run traded on)' if result.in_sample else ''} in {result.seconds:.0f} s")
+                      every=args.every, impact=args.impact, allow_overlap=args.allow_overlap, progress=lambda line: print(line, flush=True))
+    print(f"evaluation of {result.days} decision days{' (IN-SAMPLE: dates the run traded on)' if result.in_sample else ''} in {result.seconds:.0f} s")
     print(f"database: {result.database}")
     print("  SELECT strategy, level, group_name, agent_id, metric, round(value, 4) AS value, round(ci_low, 4) AS low, round(ci_high, 4) AS high")
     print("  FROM eval_metrics WHERE metric IN ('corr', 'corr_expected', 'mean_pay', 'sharpe') AND level != 'agent' ORDER BY metric, strategy;")
@@ -160,6 +161,7 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--end", help="last evaluation date (default: the data's last)")
     evaluate.add_argument("--data", metavar="SCENARIO", help="evaluate on this scenario's data instead (e.g. the S&P 500 sample)")
     evaluate.add_argument("--seeds", type=int, default=1, help="evaluation passes, each with its own sampling seed (default 1)")
+    evaluate.add_argument("--every", type=int, default=1, metavar="K", help="decide on every K-th trading date of the window only (default 1: every date); each decision is still paid by its next day's return")
     evaluate.add_argument("--impact", type=float, default=0.0, help="market impact during the evaluation (default 0: the data's own prices)")
     evaluate.add_argument("--allow-overlap", action="store_true", help="allow dates the run traded on (every figure is then marked in-sample)")
     evaluate.set_defaults(handler=_evaluate)

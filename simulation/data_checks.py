@@ -18,6 +18,9 @@ def check_against_data(scenario: Scenario, file: str, categories: list[str], ass
     for asset in scenario.data.assets:
         if asset not in assets:
             raise ScenarioError(file, "data.assets", f"asset {asset!r} is not in the data", f"use some of {', '.join(assets[:10])}")
-    needed = scenario.run.steps + 1
+    every = scenario.data.every
+    needed = (scenario.run.steps - 1) * every + 2  # the last decision date and the day that pays it
     if n_dates < needed:
-        raise ScenarioError(file, "run.steps", f"{scenario.run.steps} steps need {needed} trading dates but the data has {n_dates} after data.start", "lower run.steps, move data.start earlier, or give the data more days")
+        pace = f" at data.every = {every}" if every > 1 else ""
+        fix = "lower run.steps" + (" or data.every" if every > 1 else "") + ", move data.start earlier, or give the data more days"
+        raise ScenarioError(file, "run.steps", f"{scenario.run.steps} steps{pace} need {needed} trading dates but the data has {n_dates} after data.start", fix)

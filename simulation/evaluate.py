@@ -2,7 +2,9 @@
 
 `evaluate(run_dir, ...)` replays the run's agents with their adapters from phase K (default: the
 last) on evaluation dates: later dates of the same data (default: every date after the run's
-last), a `start`..`end` window, or another scenario's data. Nothing trains, memory starts empty,
+last), a `start`..`end` window, or another scenario's data; with `every` = K, only every K-th
+trading date of the window is a decision date (each still paid by its next day's return, the
+price following the data in between), so that years fit a CPU. Nothing trains, memory starts empty,
 and market impact is 0 unless chosen, so the price path is the data's own and every strategy is
 scored on the same returns. Each evaluation seed is one pass over the dates; the agents decide
 as in a run (the same Mesa model, prompts and decision slot), and every decision is stored.
@@ -24,10 +26,10 @@ figure is marked `in_sample`. Everything goes to `<run>/evaluation.duckdb` (repl
 
 from __future__ import annotations
 
-import itertools
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from agents.llm import LLM
-from analysis.evaluation import CI_METHOD, evaluate_strategy
+from analysis.evaluation import CI_METHOD, EVALUATION_DB, evaluate_strategy
 from analysis.rundb import resolve_run_db
 from core.errors import UserError
 from core.provenance import provenance
@@ -48,10 +50,10 @@ from simulation.run import run_scenario, source_data
 from simulation.scenario import Scenario, load_scenario
 from training.phase import lora_spec
 
-EVALUATION_DB = "evaluation.duckdb"
 MOMENTUM_DAYS = 20
+PROGRESS_EVERY = 25  # days between progress lines
 SCHEMA = """
-CREATE TABLE evaluation (run_dir VARCHAR, phase INTEGER, first_date DATE, last_date DATE, days INTEGER, seeds INTEGER,
+CREATE TABLE evaluation (run_dir VARCHAR, phase INTEGER, first_date DATE, last_date DATE, days INTEGER, every INTEGER, seeds INTEGER,
     impact DOUBLE, data VARCHAR, in_sample BOOLEAN, ci_method VARCHAR, provenance VARCHAR, seconds DOUBLE);
 CREATE TABLE eval_decisions (strategy VARCHAR, seed INTEGER, step INTEGER, date DATE, agent_id INTEGER, group_name VARCHAR,
     asset VARCHAR, belief VARCHAR, decision_depth DOUBLE, expected_decision DOUBLE, realised_return DOUBLE, reward DOUBLE,
@@ -70,7 +72,8 @@ class Evaluation:
 
 
 def evaluate(run_dir: str | Path, *, phase: int | None = None, start: str | None = None, end: str | None = None, data_scenario: str | None = None,
-             seeds: int = 1, impact: float = 0.0, allow_overlap: bool = False) -> Evaluation:
+             seeds: int = 1, every: int = 1, impact: float = 0.0, allow_overlap: bool = False, progress: Callable[[str], None] | None = None) -> Evaluation:
+    """`progress`, if given, is called with a line now and then (the command line prints them)."""
     started = time.perf_counter()
     database = resolve_run_db(run_dir)
     run_dir = database.parent
@@ -88,21 +91,23 @@ def evaluate(run_dir: str | Path, *, phase: int | None = None, start: str | None
         raise UserError(str(database), "--phase", f"the run has no training phase {phase} (it has {phases or 'none'})", "pick one of its phases, or 0 for the untrained agents")
     source = scenario if data_scenario is None else load_scenario(data_scenario)
     data = source_data(source, data_scenario or info["scenario_path"])
-    dates = _evaluation_dates(data, traded, start, end, same_data=data_scenario is None)
-    overlap = sorted(set(dates[:-1]) & set(traded))
+    if every < 1:
+        raise UserError(None, "--every", f"must be at least 1, got {every}", "give --every 1 (every trading date) or more")
+    dates = _evaluation_dates(data, traded, start, end, same_data=data_scenario is None)[:-1][::every]
+    overlap = sorted(set(dates) & set(traded))
     if overlap and not allow_overlap:
         raise UserError(str(database), "--start/--end", f"{len(overlap)} evaluation dates ({overlap[0].date()} .. {overlap[-1].date()}) are dates the run traded on",
                         f"evaluate after {traded[-1].date()}, or pass --allow-overlap (every figure is then marked in-sample)")
     in_sample = bool(overlap)
-    evaluated = _evaluation_scenario(scenario, source, len(dates) - 1, impact)
-    check_against_data(evaluated, data_scenario or info["scenario_path"], data.categories, data.assets, len(dates))
+    evaluated = _evaluation_scenario(scenario, source, len(dates), impact)
+    check_against_data(evaluated, data_scenario or info["scenario_path"], data.categories, data.assets, len(dates) + 1)
     llm = load_run_model(scenario, info, database)
     decisions = []
     for strategy in ("trained", "untrained"):
         if strategy == "trained" and phase:
             load_adapters(llm, scenario, run_dir / "adapters" / f"phase_{phase}")
         for seed in range(seeds):
-            decisions.append(_play(evaluated, data, dates, llm, seed, strategy, phase if strategy == "trained" else 0))
+            decisions.append(_play(evaluated, data, dates, llm, seed, strategy, phase if strategy == "trained" else 0, progress))
         llm.detach_adapters()
     decisions = pd.concat(decisions, ignore_index=True)
     baselines = _baselines(data, dates, evaluated)
@@ -114,19 +119,19 @@ def evaluate(run_dir: str | Path, *, phase: int | None = None, start: str | None
 
     con = duckdb.connect(str(out))
     con.execute(SCHEMA)
-    con.execute("INSERT INTO evaluation VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [str(run_dir), phase, dates[0].date(), dates[-2].date(), len(dates) - 1, seeds, impact, data.source, in_sample, CI_METHOD,
+    con.execute("INSERT INTO evaluation VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [str(run_dir), phase, dates[0].date(), dates[-1].date(), len(dates), every, seeds, impact, data.source, in_sample, CI_METHOD,
                  json.dumps(provenance()), time.perf_counter() - started])
     for table, frame in (("eval_decisions", every_decision), ("eval_metrics", metrics)):
         con.register("incoming", frame)
         con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM incoming")
         con.unregister("incoming")
     con.close()
-    return Evaluation(out, len(dates) - 1, in_sample, time.perf_counter() - started)
+    return Evaluation(out, len(dates), in_sample, time.perf_counter() - started)
 
 
 def _evaluation_dates(data: MarketData, traded: list[pd.Timestamp], start: str | None, end: str | None, *, same_data: bool) -> list[pd.Timestamp]:
-    """The decision dates and, last, the date that pays the final decision."""
+    """The window's trading dates; the last one only pays the decision before it."""
     dates = data.dates
     if start is None and same_data:
         first = traded[-1] + pd.Timedelta(days=1)  # the day after the run's last traded date
@@ -143,7 +148,7 @@ def _evaluation_scenario(scenario: Scenario, source: Scenario, steps: int, impac
     """The run's agents and model on the evaluation data: no training, no AED, no events."""
     return scenario.model_copy(update={
         "run": scenario.run.model_copy(update={"steps": steps}),
-        "data": source.data,
+        "data": source.data.model_copy(update={"every": 1}),  # the decision dates are given
         "market": scenario.market.model_copy(update={"impact": impact}),
         "training": scenario.training.model_copy(update={"enabled": False}),
         "aed": scenario.aed.model_copy(update={"enabled": False}),
@@ -167,14 +172,17 @@ def load_adapters(llm: LLM, scenario: Scenario, folder: Path) -> None:
         adapters.load_agent(agent, folder / f"agent_{agent}")
 
 
-def _play(scenario: Scenario, data: MarketData, dates: list[pd.Timestamp], llm: LLM, seed: int, strategy: str, version: int) -> pd.DataFrame:
-    """One pass of the agents over the evaluation dates, as a run would make it (in a scratch store)."""
+def _play(scenario: Scenario, data: MarketData, dates: list[pd.Timestamp], llm: LLM, seed: int, strategy: str, version: int,
+          progress: Callable[[str], None] | None) -> pd.DataFrame:
+    """One pass of the agents over the decision dates, as a run would make it (in a scratch store)."""
     seeded = scenario.model_copy(update={"run": scenario.run.model_copy(update={"seed": child_seed(scenario.run.seed, "evaluate", seed)})})
     with tempfile.TemporaryDirectory() as folder:
         store = RunStore(Path(folder) / "scratch.duckdb")
         model = MarketModel(seeded, data, dates, store, llm, trainer=None, aed_meter=None, observer=Silent(), adapter_version=version)
         while model.next_step < seeded.run.steps:
             model.step()
+            if progress is not None and (model.next_step % PROGRESS_EVERY == 0 or model.next_step == seeded.run.steps):
+                progress(f"{strategy} agents, seed {seed}: {model.next_step}/{seeded.run.steps} days")
         frame = store.query("SELECT step, date, agent_id, asset, belief, decision_depth, expected_decision, realised_return, reward, adapter_version, prompt FROM decisions")
         groups = {agent.agent_id: agent.spec.group for agent in model.agents}
         store.close()
@@ -182,7 +190,7 @@ def _play(scenario: Scenario, data: MarketData, dates: list[pd.Timestamp], llm: 
 
 
 def _baselines(data: MarketData, dates: list[pd.Timestamp], scenario: Scenario) -> pd.DataFrame:
-    """Buy-and-hold, momentum and each agent's own first factor, on exactly the evaluation dates."""
+    """Buy-and-hold, momentum and each agent's own first factor, on exactly the decision dates."""
     import duckdb
 
     from market.factor_store import FactorStore
@@ -193,7 +201,7 @@ def _baselines(data: MarketData, dates: list[pd.Timestamp], scenario: Scenario) 
     factors = FactorStore(duckdb.connect(), data)
     specs = agent_specs(scenario)
     rows = []
-    for step, (date, next_date) in enumerate(itertools.pairwise(dates)):
+    for step, (date, next_date) in enumerate(zip(dates, data.next_trading_dates(dates), strict=True)):
         for asset in assets:
             realised = float(closes.loc[next_date, asset] / closes.loc[date, asset] - 1.0)
             history = closes.loc[:date, asset]

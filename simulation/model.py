@@ -73,9 +73,12 @@ class Silent:
 class MarketModel(mesa.Model):
     def __init__(self, scenario: Scenario, data: MarketData, dates: list[pd.Timestamp], store: RunStore, llm: LLM, *,
                  trainer: Trainer | PromptOptimizer | None, aed_meter: AEDMeter | None, observer: Observer, adapter_version: int = 0):
-        """`trainer` trains the agents' adapters, or (a `PromptOptimizer`) their strategy prompts;
-        None: no training. `adapter_version` is the phase behind adapters that are already loaded
-        (an evaluation's)."""
+        """`dates` are the decision dates: step t decides at `dates[t]` and is paid by the return to
+        the data's next trading date. Consecutive trading dates are the usual case; where `dates`
+        skip days (`data.every`, `evaluate --every`), nobody trades on the days between and the
+        price follows the data's own return over them. `trainer` trains the agents' adapters, or
+        (a `PromptOptimizer`) their strategy prompts; None: no training. `adapter_version` is the
+        phase behind adapters that are already loaded (an evaluation's)."""
         super().__init__(rng=np.random.default_rng(child_seed(scenario.run.seed, "model")))
         self.scenario, self.data, self.dates, self.store, self.llm = scenario, data, dates, store, llm
         self.trainer, self.aed_meter, self.observer = trainer, aed_meter, observer
@@ -85,7 +88,8 @@ class MarketModel(mesa.Model):
         self.returns = data.prices.pivot(index="date", columns="asset", values="return")
         self.recent_variance = recent_variance(self.returns)
         closes = data.prices.pivot(index="date", columns="asset", values="close")
-        self.fundamental = closes.loc[dates] / closes.loc[dates[0]] * scenario.market.initial_price
+        self.fundamental = closes / closes.loc[dates[0]] * scenario.market.initial_price
+        self.next_dates = data.next_trading_dates(dates[: scenario.run.steps])
         for spec in agent_specs(scenario):
             InvestorAgent(self, spec)  # Mesa registers it in self.agents
         self.next_step = 0
@@ -101,7 +105,9 @@ class MarketModel(mesa.Model):
         t, started = self.next_step, time.perf_counter()
         self.rng = np.random.default_rng(child_seed(self.master_seed, "noise", t))  # step t draws the same whatever came before
         news, shocks, fired = self.fire_events(t)
-        date, next_date = self.dates[t], self.dates[t + 1]
+        date, next_date = self.dates[t], self.next_dates[t]
+        if t > 0 and date != self.next_dates[t - 1]:
+            self.follow_the_data(self.next_dates[t - 1], date)
         observations = self.gather_factors(t, date, news)
         completions = self.deliberate(t, observations)
         clearings = self.clear(t, next_date, observations, completions, shocks)
@@ -193,6 +199,11 @@ class MarketModel(mesa.Model):
             self.prices[asset] = clearing.next_price
         return rows
 
+    def follow_the_data(self, since: pd.Timestamp, until: pd.Timestamp) -> None:
+        """Days between two decision dates, on which nobody trades: each price moves by the data's return."""
+        for asset in self.assets:
+            self.prices[asset] *= float(self.fundamental.loc[until, asset] / self.fundamental.loc[since, asset])
+
     def variance_at(self, date: pd.Timestamp, asset: str) -> float:
         """Variance of the data's daily returns over the window ending at `date` (known at t)."""
         return float(self.recent_variance.loc[date, asset])
@@ -203,7 +214,7 @@ class MarketModel(mesa.Model):
             "step": t, "date": date, "asset": asset, "price": clearing.price,
             "next_price": clearing.next_price, "return": clearing.simulated_return,
             "fundamental_price": float(self.fundamental.loc[date, asset]),
-            "fundamental_return": float(self.returns.loc[self.dates[t + 1], asset]),
+            "fundamental_return": float(self.returns.loc[self.next_dates[t], asset]),
             "net_demand": clearing.net_demand, "volume": clearing.volume, "impact": self.impact_at(t),
             "shock": shocks.get(asset, 0.0),
         } for asset, clearing in clearings.items()]

@@ -59,12 +59,13 @@ def quiet_libraries() -> None:
 
 
 def load_data(scenario: Scenario, scenario_file: str) -> tuple[MarketData, list[pd.Timestamp]]:
-    """The scenario's dataset, windowed to its dates, and the trading dates of the run."""
+    """The scenario's dataset, windowed to its dates, and the run's decision dates (every
+    `data.every`-th trading date)."""
     config = scenario.data
     data = source_data(scenario, scenario_file).window(config.start, config.end)
     dates = data.dates
     check_against_data(scenario, scenario_file, data.categories, data.assets, len(dates))
-    return data, dates
+    return data, dates[:: config.every]
 
 
 def source_data(scenario: Scenario, scenario_file: str) -> MarketData:

@@ -108,3 +108,28 @@ def test_a_second_run_never_overwrites_the_first(tmp_path, tiny_model_dir):
     path = tiny_scenario(tmp_path, tiny_model_dir, steps=1)
     first, second = start(str(path), plain=True), start(str(path), plain=True)
     assert first.run_dir != second.run_dir and first.database.exists() and second.database.exists()
+
+
+def test_data_every_decides_every_kth_date_paid_by_the_next_day(tmp_path, tiny_model_dir):
+    path = tiny_scenario(tmp_path, tiny_model_dir, steps=4, extra="[data]\nevery = 4")
+    result = start(str(path), plain=True)
+    con = duckdb.connect(str(result.database), read_only=True)
+    trading = [row[0] for row in con.execute("SELECT DISTINCT date FROM price_data ORDER BY date").fetchall()]
+    closes = dict(con.execute("SELECT date, close FROM price_data").fetchall())
+    rows = con.execute('SELECT date, price, "return" FROM market ORDER BY step').fetchall()
+    con.close()
+    assert [date for date, _, _ in rows] == trading[::4][:4]
+    for date, price, simulated in rows:
+        next_date = trading[trading.index(date) + 1]
+        assert simulated == pytest.approx(closes[next_date] / closes[date] - 1.0, rel=1e-9)  # the next day's return
+        assert price == pytest.approx(100.0 * closes[date] / closes[trading[0]], rel=1e-9)  # no impact: the data's path over the skipped days too
+
+
+def test_too_many_steps_for_data_every_is_one_line(tmp_path, tiny_model_dir):
+    from core.errors import ScenarioError
+    from simulation.run import load_data
+    from simulation.scenario import load_scenario
+
+    path = tiny_scenario(tmp_path, tiny_model_dir, steps=9, extra="[data]\nevery = 4")
+    with pytest.raises(ScenarioError, match=r"9 steps at data.every = 4 need 34 trading dates"):
+        load_data(load_scenario(str(path)), str(path))

@@ -79,3 +79,55 @@ def test_evaluation_is_out_of_sample_deterministic_and_trains_nothing(trained_ru
     assert {"mean_pay", "hit_rate", "corr", "corr_expected", "sharpe", "sharpe_se", "days"} <= metric_names
     bounded = tables["eval_metrics"].dropna(subset=["ci_low", "ci_high"])
     assert (bounded["ci_low"] <= bounded["ci_high"]).all()
+
+
+def _run_data(run_dir: Path):
+    from core.store import RunStore
+    from simulation.run import run_scenario, source_data
+
+    store = RunStore(run_dir / "run.duckdb", read_only=True)
+    info = store.run_info()
+    store.close()
+    scenario = run_scenario(info)
+    return scenario, source_data(scenario, info["scenario_path"])
+
+
+def test_every_kth_date_is_paid_by_its_next_day_and_priced_as_the_data(trained_run):
+    scenario, data = _run_data(trained_run)
+    trading = data.dates
+    closes = data.prices.set_index("date")["close"]
+    every_day = _tables(evaluate(trained_run).database)["eval_decisions"]
+    window = sorted(set(pd.to_datetime(every_day["date"])))
+    sampled = _tables(evaluate(trained_run, every=3).database)
+    decisions = sampled["eval_decisions"]
+    for strategy, frame in decisions.groupby("strategy"):
+        assert sorted(set(pd.to_datetime(frame["date"]))) == window[::3], strategy  # agents and baselines on exactly the same dates
+    trained = decisions[decisions["strategy"] == "trained"]
+    for row in trained.itertuples():
+        date = pd.Timestamp(row.date)
+        next_date = trading[trading.index(date) + 1]
+        assert row.realised_return == pytest.approx(closes[next_date] / closes[date] - 1.0, rel=1e-9)  # the next day's return, not the next decision date's
+        price = scenario.market.initial_price * closes[date] / closes[window[0]]  # no impact: the data's path, also over the skipped days
+        assert f"price {price:.2f}." in row.prompt
+    con = duckdb.connect(str(trained_run / "evaluation.duckdb"), read_only=True)
+    every, days = con.execute("SELECT every, days FROM evaluation").fetchone()
+    con.close()
+    assert (every, days) == (3, len(window[::3]))
+
+
+def test_every_must_be_positive(trained_run):
+    with pytest.raises(UserError, match="--every"):
+        evaluate(trained_run, every=0)
+
+
+def test_the_report_shows_agents_against_baselines_with_intervals_and_a_pay_plot(trained_run, tmp_path):
+    from analysis.report import write_report
+
+    evaluate(trained_run, every=2)
+    page = write_report([trained_run / "run.duckdb"], tmp_path / "report.html").read_text()
+    section = page.split("Out of sample: agents against baselines", 1)[1].split("</section>", 1)[0]
+    for strategy in ("trained", "untrained", "buy_and_hold", "momentum", "factor"):
+        assert f"<td>{strategy}</td>" in section
+    assert "every 2th trading date" in section and "out of sample" in section
+    assert section.count(" [") >= 5  # intervals beside the values
+    assert "(s.e. " in section and section.count("<img") == 1  # the Sharpe's standard error; one cumulative-pay plot

@@ -64,3 +64,26 @@ def test_one_seed_trains_and_reports_both_arms_on_the_tiny_model(tiny_model_dir)
     assert len(result["provenance"]["commit"]) == 40 and result["provenance"]["packages"]["torch"]
     passed = int(agents[0]["after"]["corr_expected"] >= 0.35)
     assert f"treated seeds with held-out corr(E[d], r) >= 0.35 after training: {passed}/1" in report(result)
+    market = Market(EchoChat(), 0, settings)
+    for agent in agents:  # out of sample against baselines, on exactly the held-out states' returns
+        series, figures = agent["series"], agent["out_of_sample"]
+        assert series["returns"] == [market.next_return(date, mirrored) for date, mirrored in market.heldout]
+        assert set(figures) == {"trained", "untrained", "factor", "momentum", "buy_and_hold"}
+        assert figures["buy_and_hold"]["mean_pay"][0] == pytest.approx(0.0, abs=1e-12)  # mirrored pairs: a bullish policy earns exactly 0
+        assert series["trained"][0] == [float(value) for value in series["trained"][0]] and len(series["trained"][0]) == len(market.heldout)
+        value, low, high = figures["trained"]["mean_pay"]
+        assert low <= value <= high and figures["trained"]["corr_expected"][0] == pytest.approx(agent["after"]["corr_expected"], abs=1e-9)
+        assert figures["untrained"]["corr_expected"][0] == pytest.approx(agent["before"]["corr_expected"], abs=1e-9)
+    assert "out of sample against baselines" in report(result)
+
+
+def test_the_momentum_and_factor_baselines_read_what_the_market_shows():
+    settings = Settings(train_dates=30, heldout_dates=4)
+    market = Market(EchoChat(), 3, settings)
+    date = market.heldout[0][0]
+    position = market.closes.index.get_loc(date)
+    past = market.closes.iloc[position] / market.closes.iloc[position - 20] - 1.0
+    assert market.momentum(date) == 10.0 * (1 if past > 0 else -1) and market.momentum(date, mirrored=True) == -market.momentum(date)
+    first = factor_values(market.prompt(date, ("fundamental",)))[0]
+    assert market.first_factor(date, ("fundamental",)) == 10.0 * (1 if first > 0 else -1 if first < 0 else 0)
+    assert market.first_factor(date, ("fundamental",), mirrored=True) == -market.first_factor(date, ("fundamental",))

@@ -32,7 +32,7 @@ def two_run_html(runs) -> str:
 
 
 def test_report_of_two_runs_has_every_section_and_figure(two_run_html):
-    only_when_there = {"sweep", "prompts"}  # a sweep's summary; an APO run's prompts (tests/test_sweep.py, tests/test_apo.py)
+    only_when_there = {"sweep", "prompts", "evaluation"}  # a sweep's summary; an APO run's prompts; an evaluated run (tests/test_sweep.py, test_apo.py, test_evaluate.py)
     for key, title in SECTIONS.items():
         assert (f"<h2>{title}</h2>" in two_run_html) == (key not in only_when_there)
     # price (one asset, runs overlaid) + a heatmap per run + AED + reward panels
