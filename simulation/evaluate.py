@@ -10,8 +10,10 @@ scored on the same returns. Each evaluation seed is one pass over the dates; the
 as in a run (the same Mesa model, prompts and decision slot), and every decision is stored.
 
 Strategies, on exactly the evaluation dates:
-- `trained`: the agents with their phase-K adapters;
-- `untrained`: the same agents with no adapter (the base model): the same prompts and seeds;
+- `trained`: the agents with their phase-K adapters, or, after APO (`training.method = "apo"`),
+  with the strategy prompts they had adopted by phase K;
+- `untrained`: the same agents with no adapter (the base model) and the initial strategy prompt:
+  the same prompts otherwise, and the same seeds;
 - `buy_and_hold`: +10 every day;
 - `momentum`: the sign of the past 20-day return, times 10 (0 until 20 days of history exist);
 - `factor`: per agent, the sign of the first factor it reads (as its prompt shows it), times 10.
@@ -48,6 +50,7 @@ from simulation.data_checks import check_against_data
 from simulation.model import MarketModel, Silent
 from simulation.run import run_scenario, source_data
 from simulation.scenario import Scenario, load_scenario
+from training.apo import adopted_strategies
 from training.phase import lora_spec
 
 MOMENTUM_DAYS = 20
@@ -57,7 +60,7 @@ CREATE TABLE evaluation (run_dir VARCHAR, phase INTEGER, first_date DATE, last_d
     impact DOUBLE, data VARCHAR, in_sample BOOLEAN, ci_method VARCHAR, provenance VARCHAR, seconds DOUBLE);
 CREATE TABLE eval_decisions (strategy VARCHAR, seed INTEGER, step INTEGER, date DATE, agent_id INTEGER, group_name VARCHAR,
     asset VARCHAR, belief VARCHAR, decision_depth DOUBLE, expected_decision DOUBLE, realised_return DOUBLE, reward DOUBLE,
-    adapter_version INTEGER, prompt VARCHAR);
+    adapter_version INTEGER, prompt_version INTEGER, prompt VARCHAR);
 CREATE TABLE eval_metrics (strategy VARCHAR, level VARCHAR, agent_id INTEGER, group_name VARCHAR, metric VARCHAR,
     value DOUBLE, ci_low DOUBLE, ci_high DOUBLE, in_sample BOOLEAN);
 """
@@ -81,7 +84,9 @@ def evaluate(run_dir: str | Path, *, phase: int | None = None, start: str | None
     info = store.run_info()
     scenario = run_scenario(info)
     traded = [pd.Timestamp(date) for date in store.query("SELECT DISTINCT date FROM decisions ORDER BY date")["date"]]
-    phases = store.query("SELECT DISTINCT phase FROM training ORDER BY phase")["phase"].tolist()
+    apo = scenario.training.method == "apo"
+    phases = store.query(f"SELECT DISTINCT phase FROM {'prompts' if apo else 'training'} WHERE phase > 0 ORDER BY phase")["phase"].tolist()
+    prompt_rows = store.query("SELECT * FROM prompts").to_dict("records") if apo else []
     store.close()
     if scenario.model.backend != "transformers":
         raise UserError(str(database), "model.backend", "evaluate replays in-process models only; this run asked a remote server",
@@ -104,10 +109,12 @@ def evaluate(run_dir: str | Path, *, phase: int | None = None, start: str | None
     llm = load_run_model(scenario, info, database)
     decisions = []
     for strategy in ("trained", "untrained"):
-        if strategy == "trained" and phase:
+        trained = strategy == "trained" and bool(phase)
+        if trained and not apo:
             load_adapters(llm, scenario, run_dir / "adapters" / f"phase_{phase}")
+        prompts = adopted_strategies(prompt_rows, phase) if trained and apo else None
         for seed in range(seeds):
-            decisions.append(_play(evaluated, data, dates, llm, seed, strategy, phase if strategy == "trained" else 0, progress))
+            decisions.append(_play(evaluated, data, dates, llm, seed, strategy, phase if trained and not apo else 0, prompts, progress))
         llm.detach_adapters()
     decisions = pd.concat(decisions, ignore_index=True)
     baselines = _baselines(data, dates, evaluated)
@@ -173,17 +180,20 @@ def load_adapters(llm: LLM, scenario: Scenario, folder: Path) -> None:
 
 
 def _play(scenario: Scenario, data: MarketData, dates: list[pd.Timestamp], llm: LLM, seed: int, strategy: str, version: int,
-          progress: Callable[[str], None] | None) -> pd.DataFrame:
-    """One pass of the agents over the decision dates, as a run would make it (in a scratch store)."""
+          prompts: dict[int, tuple[int, str]] | None, progress: Callable[[str], None] | None) -> pd.DataFrame:
+    """One pass of the agents over the decision dates, as a run would make it (in a scratch store);
+    `prompts`: each agent's adopted strategy prompt (version, text) after APO, None for the initial one."""
     seeded = scenario.model_copy(update={"run": scenario.run.model_copy(update={"seed": child_seed(scenario.run.seed, "evaluate", seed)})})
     with tempfile.TemporaryDirectory() as folder:
         store = RunStore(Path(folder) / "scratch.duckdb")
         model = MarketModel(seeded, data, dates, store, llm, trainer=None, aed_meter=None, observer=Silent(), adapter_version=version)
+        if prompts:
+            model.apply_prompts(prompts)
         while model.next_step < seeded.run.steps:
             model.step()
             if progress is not None and (model.next_step % PROGRESS_EVERY == 0 or model.next_step == seeded.run.steps):
                 progress(f"{strategy} agents, seed {seed}: {model.next_step}/{seeded.run.steps} days")
-        frame = store.query("SELECT step, date, agent_id, asset, belief, decision_depth, expected_decision, realised_return, reward, adapter_version, prompt FROM decisions")
+        frame = store.query("SELECT step, date, agent_id, asset, belief, decision_depth, expected_decision, realised_return, reward, adapter_version, prompt_version, prompt FROM decisions")
         groups = {agent.agent_id: agent.spec.group for agent in model.agents}
         store.close()
     return frame.assign(strategy=strategy, seed=seed, group_name=frame["agent_id"].map(groups))

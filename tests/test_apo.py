@@ -158,3 +158,22 @@ def test_a_frozen_apo_run_never_changes_the_model_weights(tmp_path, tiny_model_d
     after = hashlib.sha256(b"".join(t.detach().numpy().tobytes() for t in loaded[1].model.state_dict().values())).hexdigest()
     assert result.status == "completed" and before == after and loaded[1].adapters is None
     assert not (result.run_dir / "adapters").exists()
+
+
+def test_evaluate_replays_an_apo_runs_adopted_prompts_and_untrained_agents_the_initial_one(tmp_path, tiny_model_dir):
+    from agents.prompts import DEFAULT_STRATEGY
+    from simulation.evaluate import evaluate
+
+    result = start(str(apo_scenario(tmp_path, tiny_model_dir, steps=4, every=2)), plain=True)
+    adopted = "State whether {asset} will rise or fall tomorrow, in one sentence."
+    con = duckdb.connect(str(result.database))  # stands in for a phase that adopted a rewrite (the tiny model writes none that pass)
+    con.execute("INSERT INTO prompts (phase, step, agent_id, version, parent_version, text, in_beam, adopted, reason) VALUES (1, 1, 0, 77, 0, ?, true, true, 'adopted')", [adopted])
+    con.close()
+    decisions = duckdb.connect(str(evaluate(result.run_dir, phase=1).database), read_only=True).execute(
+        "SELECT strategy, agent_id, prompt_version, adapter_version, prompt FROM eval_decisions WHERE strategy IN ('trained', 'untrained')").df()
+    trained, untrained = decisions[decisions["strategy"] == "trained"], decisions[decisions["strategy"] == "untrained"]
+    mine = trained[trained["agent_id"] == 0]
+    assert len(mine) and (mine["prompt_version"] == 77).all() and mine["prompt"].str.contains("State whether SYN0 will rise or fall tomorrow").all()
+    assert (trained[trained["agent_id"] != 0]["prompt_version"] == 0).all()  # agents whose phases adopted nothing keep the initial prompt
+    assert (untrained["prompt_version"] == 0).all() and untrained["prompt"].str.contains(DEFAULT_STRATEGY.format(asset="SYN0"), regex=False).all()
+    assert set(decisions["adapter_version"]) == {0} and not (result.run_dir / "adapters").exists()  # APO trains no adapter

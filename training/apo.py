@@ -130,6 +130,13 @@ def pick_examples(states: list[ReplayState], count: int) -> list[ReplayState]:
     return sorted(chosen.values(), key=lambda state: (state.step, state.asset))
 
 
+def adopted_strategies(rows: list[dict], phase: int) -> dict[int, tuple[int, str]]:
+    """Each agent's strategy prompt (version, text) as APO phase `phase` left it: its last adopted
+    row of the `prompts` table up to that phase. Agents without a row are left out."""
+    adopted = sorted((row for row in rows if row["adopted"] and row["phase"] <= phase), key=lambda row: (row["phase"], row["version"]))
+    return {int(row["agent_id"]): (int(row["version"]), row["text"]) for row in adopted}
+
+
 class PromptOptimizer:
     """Owns every agent's strategy prompts (current, beam, history) and runs the APO phases.
 
@@ -152,11 +159,11 @@ class PromptOptimizer:
     def restore(self, rows: list[dict]) -> None:
         """The state after the phases in `rows` (the `prompts` table), as the phases left it."""
         last_phase = max((row["phase"] for row in rows), default=0)
+        current = adopted_strategies(rows, last_phase)
         for agent in self.agent_ids:
             mine = sorted((row for row in rows if row["agent_id"] == agent), key=lambda row: (row["phase"], row["version"]))
             self.texts[agent] = {int(row["version"]): row["text"] for row in mine} or {0: DEFAULT_STRATEGY}
-            adopted = [row for row in mine if row["adopted"]]
-            self.current[agent] = int(adopted[-1]["version"]) if adopted else 0
+            self.current[agent] = current[agent][0] if agent in current else 0
             beam = [int(row["version"]) for row in mine if row["in_beam"] and row["phase"] == last_phase]
             self.beams[agent] = beam or [self.current[agent]]
 
