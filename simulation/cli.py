@@ -83,7 +83,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     quiet_libraries()
     result = evaluate(args.run, phase=args.phase, start=args.start, end=args.end, data_scenario=args.data, seeds=args.seeds,
                       every=args.every, impact=args.impact, allow_overlap=args.allow_overlap, progress=lambda line: print(line, flush=True))
-    print(f"evaluation of {result.days} decision days{' (IN-SAMPLE: dates the run traded on)' if result.in_sample else ''} in {result.seconds:.0f} s")
+    impact = f", market impact {args.impact} (prices are no longer the data's own)" if args.impact else ""
+    print(f"evaluation of {result.days} decision days{' (IN-SAMPLE: dates the run traded on)' if result.in_sample else ''}{impact} in {result.seconds:.0f} s")
     print(f"database: {result.database}")
     print("  SELECT strategy, level, group_name, agent_id, metric, round(value, 4) AS value, round(ci_low, 4) AS low, round(ci_high, 4) AS high")
     print("  FROM eval_metrics WHERE metric IN ('corr', 'corr_expected', 'mean_pay', 'sharpe') AND level != 'agent' ORDER BY metric, strategy;")
