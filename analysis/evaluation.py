@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 TRADING_DAYS = 252
+MOMENTUM_DAYS = 20  # the momentum baseline's look-back
 BLOCK_DAYS = 5
 RESAMPLES = 1000
 CI_METHOD = "block bootstrap"
@@ -63,6 +64,19 @@ def _statistics(decisions: np.ndarray, returns: np.ndarray, expected: np.ndarray
     if expected is not None:
         values["corr_expected"] = _corr(expected, returns)
     return values
+
+
+def momentum_decision(closes: pd.Series) -> float:
+    """The momentum baseline on closes up to the decision date: the sign of the past
+    `MOMENTUM_DAYS`-day return, times 10; 0 until that much history exists."""
+    if len(closes) <= MOMENTUM_DAYS:
+        return 0.0
+    return 10.0 * float(np.sign(closes.iloc[-1] / closes.iloc[-1 - MOMENTUM_DAYS] - 1.0))
+
+
+def factor_decision(value: float) -> float:
+    """The factor baseline: the sign of a factor as a prompt shows it (2 decimals), times 10."""
+    return 10.0 * float(np.sign(round(value, 2)))
 
 
 def block_indices(days: int, generator: np.random.Generator, block: int = BLOCK_DAYS) -> np.ndarray:

@@ -56,7 +56,7 @@ from agents.decoding import split_tokens
 from agents.llm import LLM, Completion
 from agents.prompts import DEFAULT_STRATEGY, Persona, system_message, user_message
 from agents.scoring import score
-from analysis.evaluation import evaluate_strategy
+from analysis.evaluation import evaluate_strategy, factor_decision, momentum_decision
 from benchmarks.results_file import RESULTS_DIR, write_result
 from core.overrides import apply_overrides
 from core.parallel import JobRunner, cpu_count
@@ -73,7 +73,6 @@ from training.samples import sample_from_completion
 
 ASSET = "SYN0"
 ARMS = {"treated": ("fundamental",), "control": ("sentiment",)}
-MOMENTUM_DAYS = 20  # as simulation/evaluate.py
 STRATEGIES = ("trained", "untrained", "factor", "momentum", "buy_and_hold")
 PERSONA = Persona(optimism=0.5, rationality=0.8, risk_preference=0.5)
 
@@ -119,15 +118,14 @@ class Market:
         return -value if mirrored else value
 
     def momentum(self, date: pd.Timestamp, mirrored: bool = False) -> float:
-        """The sign of the past `MOMENTUM_DAYS`-day return, times 10 (a mirror negates the history too)."""
-        position = self.closes.index.get_loc(date)
-        sign = float(np.sign(self.closes.iloc[position] / self.closes.iloc[position - MOMENTUM_DAYS] - 1.0)) if position >= MOMENTUM_DAYS else 0.0
-        return -10.0 * sign if mirrored else 10.0 * sign
+        """The momentum baseline at `date` (a mirror negates the history too)."""
+        decision = momentum_decision(self.closes.loc[:date])
+        return -decision if mirrored else decision
 
     def first_factor(self, date: pd.Timestamp, categories: tuple[str, ...], mirrored: bool = False) -> float:
-        """The sign of the first factor the agent reads, as its prompt shows it (2 decimals), times 10."""
-        value = round(float(self.store.visible(date, ASSET, list(categories)).iloc[0]["value"]), 2)
-        return 10.0 * float(np.sign(-value if mirrored else value))
+        """The factor baseline: the first factor the agent reads, as its prompt shows it."""
+        decision = factor_decision(float(self.store.visible(date, ASSET, list(categories)).iloc[0]["value"]))
+        return -decision if mirrored else decision
 
     def prompt(self, date: pd.Timestamp, categories: tuple[str, ...], mirrored: bool = False, strategy: str = DEFAULT_STRATEGY) -> str:
         factors = self.store.visible(date, ASSET, list(categories))

@@ -35,11 +35,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from agents.llm import LLM
-from analysis.evaluation import CI_METHOD, EVALUATION_DB, evaluate_strategy
+from analysis.evaluation import (
+    CI_METHOD,
+    EVALUATION_DB,
+    evaluate_strategy,
+    factor_decision,
+    momentum_decision,
+)
 from analysis.rundb import resolve_run_db
 from core.errors import UserError
 from core.provenance import provenance
@@ -53,7 +58,6 @@ from simulation.scenario import Scenario, load_scenario
 from training.apo import adopted_strategies
 from training.phase import lora_spec
 
-MOMENTUM_DAYS = 20
 PROGRESS_EVERY = 25  # days between progress lines
 SCHEMA = """
 CREATE TABLE evaluation (run_dir VARCHAR, phase INTEGER, first_date DATE, last_date DATE, days INTEGER, every INTEGER, seeds INTEGER,
@@ -78,6 +82,8 @@ def evaluate(run_dir: str | Path, *, phase: int | None = None, start: str | None
              seeds: int = 1, every: int = 1, impact: float = 0.0, allow_overlap: bool = False, progress: Callable[[str], None] | None = None) -> Evaluation:
     """`progress`, if given, is called with a line now and then (the command line prints them)."""
     started = time.perf_counter()
+    if every < 1:
+        raise UserError(None, "--every", f"must be at least 1, got {every}", "give --every 1 (every trading date) or more")
     database = resolve_run_db(run_dir)
     run_dir = database.parent
     store = RunStore(database, read_only=True)
@@ -96,8 +102,6 @@ def evaluate(run_dir: str | Path, *, phase: int | None = None, start: str | None
         raise UserError(str(database), "--phase", f"the run has no training phase {phase} (it has {phases or 'none'})", "pick one of its phases, or 0 for the untrained agents")
     source = scenario if data_scenario is None else load_scenario(data_scenario)
     data = source_data(source, data_scenario or info["scenario_path"])
-    if every < 1:
-        raise UserError(None, "--every", f"must be at least 1, got {every}", "give --every 1 (every trading date) or more")
     dates = _evaluation_dates(data, traded, start, end, same_data=data_scenario is None)[:-1][::every]
     overlap = sorted(set(dates) & set(traded))
     if overlap and not allow_overlap:
@@ -214,14 +218,13 @@ def _baselines(data: MarketData, dates: list[pd.Timestamp], scenario: Scenario) 
     for step, (date, next_date) in enumerate(zip(dates, data.next_trading_dates(dates), strict=True)):
         for asset in assets:
             realised = float(closes.loc[next_date, asset] / closes.loc[date, asset] - 1.0)
-            history = closes.loc[:date, asset]
-            momentum = float(np.sign(history.iloc[-1] / history.iloc[-1 - MOMENTUM_DAYS] - 1.0)) * 10 if len(history) > MOMENTUM_DAYS else 0.0
+            momentum = momentum_decision(closes.loc[:date, asset])
             base = {"seed": 0, "step": step, "date": date, "asset": asset, "realised_return": realised, "expected_decision": None}
             rows.append({**base, "strategy": "buy_and_hold", "agent_id": None, "group_name": None, "decision_depth": 10.0})
             rows.append({**base, "strategy": "momentum", "agent_id": None, "group_name": None, "decision_depth": momentum})
             for spec in specs:
                 first = factors.visible(date, asset, list(spec.visible_categories)).iloc[0]["value"]
-                rows.append({**base, "strategy": "factor", "agent_id": spec.agent_id, "group_name": spec.group, "decision_depth": float(np.sign(round(first, 2))) * 10})
+                rows.append({**base, "strategy": "factor", "agent_id": spec.agent_id, "group_name": spec.group, "decision_depth": factor_decision(first)})
     frame = pd.DataFrame(rows)
     return frame.assign(reward=frame["decision_depth"] * frame["realised_return"])
 
