@@ -30,9 +30,10 @@ def test_base_scenario_meets_the_documented_minimum():
 
 
 def _documented_columns(part: int = 0) -> dict[str, set[str]]:
-    """Table -> the column names docs/schema.md lists for it: part 0 the run database, 1 the sweep manifest."""
+    """Table -> the column names docs/schema.md lists for it: part 0 the run database, 1 the sweep
+    manifest, 2 the evaluation database (the parts are the page's top-level headings, in order)."""
     tables, current = {}, None
-    text = (ROOT / "docs" / "schema.md").read_text(encoding="utf-8").split("\n# The sweep manifest")[part]
+    text = ("\n" + (ROOT / "docs" / "schema.md").read_text(encoding="utf-8")).split("\n# ")[part + 1]
     for line in text.splitlines():
         if line.startswith("## "):
             current = line[3:].split(" — ")[0].strip()
@@ -69,6 +70,19 @@ def test_the_schema_doc_lists_every_table_and_column_of_the_sweep_manifest(tmp_p
         for table, column in con.execute("SELECT table_name, column_name FROM information_schema.columns").fetchall():
             actual.setdefault(table, set()).add(column)
     assert _documented_columns(1) == actual
+
+
+def test_the_schema_doc_lists_every_table_and_column_of_the_evaluation_database(tmp_path):
+    import duckdb
+
+    from simulation.evaluate import SCHEMA
+
+    with duckdb.connect(str(tmp_path / "evaluation.duckdb")) as con:
+        con.execute(SCHEMA)
+        actual = {}
+        for table, column in con.execute("SELECT table_name, column_name FROM information_schema.columns").fetchall():
+            actual.setdefault(table, set()).add(column)
+    assert _documented_columns(2) == actual
 
 
 def test_base_toml_documents_every_key_of_the_schema():
