@@ -7,6 +7,9 @@ linear reward). Metrics:
 - `mean_pay`: mean of r_t * d_t;
 - `hit_rate`: share of days with d_t != 0 whose sign matches r_t's (a zero return is a miss);
 - `corr`: corr(d_t, r_t), and `corr_expected` for the exact expected decision where the model gives one;
+- `text_share`: for strategies that write beliefs (the agents, not the baselines), the share of
+  beliefs that read as market text (`training.belief_quality.reads_as_market_text`, the training
+  phases' measure), averaged per day first like the decisions;
 - `sharpe`: annualised Sharpe ratio of the position's daily return (d_t / 10) * r_t, with its
   standard error `sharpe_se` (Lo 2002, iid: sqrt((1 + SR_d^2 / 2) / T) per day, annualised) and
   the number of days `days`, so that a short window's Sharpe is never quoted alone.
@@ -49,7 +52,7 @@ def _corr(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(x, y)[0, 1])
 
 
-def _statistics(decisions: np.ndarray, returns: np.ndarray, expected: np.ndarray | None) -> dict[str, float]:
+def _statistics(decisions: np.ndarray, returns: np.ndarray, expected: np.ndarray | None, text: np.ndarray | None = None) -> dict[str, float]:
     pay = decisions * returns
     directional = decisions != 0
     hits = np.sign(decisions[directional]) == np.sign(returns[directional])
@@ -63,6 +66,8 @@ def _statistics(decisions: np.ndarray, returns: np.ndarray, expected: np.ndarray
     }
     if expected is not None:
         values["corr_expected"] = _corr(expected, returns)
+    if text is not None:
+        values["text_share"] = float(text.mean())
     return values
 
 
@@ -85,17 +90,21 @@ def block_indices(days: int, generator: np.random.Generator, block: int = BLOCK_
     return ((starts[:, None] + np.arange(block)[None, :]) % days).ravel()[:days]
 
 
-def evaluate_strategy(decisions: np.ndarray, returns: np.ndarray, expected: np.ndarray | None = None, *, seed: int = 0) -> list[Metric]:
-    """Every metric of one strategy with its interval; `decisions` and `expected` are [days]
-    (already averaged over agents or seeds), `returns` [days]."""
+def evaluate_strategy(decisions: np.ndarray, returns: np.ndarray, expected: np.ndarray | None = None, *, text: np.ndarray | None = None,
+                      seed: int = 0) -> list[Metric]:
+    """Every metric of one strategy with its interval; `decisions`, `expected` and `text` (the
+    share of beliefs that read as market text) are [days], already averaged over agents or seeds;
+    `returns` [days]."""
     decisions, returns = np.asarray(decisions, dtype=float), np.asarray(returns, dtype=float)
     expected = None if expected is None else np.asarray(expected, dtype=float)
-    point = _statistics(decisions, returns, expected)
+    text = None if text is None else np.asarray(text, dtype=float)
+    point = _statistics(decisions, returns, expected, text)
     generator = np.random.default_rng(seed)
     draws = {name: [] for name in point}
     for _ in range(RESAMPLES):
         index = block_indices(len(returns), generator)
-        for name, value in _statistics(decisions[index], returns[index], None if expected is None else expected[index]).items():
+        for name, value in _statistics(decisions[index], returns[index], None if expected is None else expected[index],
+                                       None if text is None else text[index]).items():
             draws[name].append(value)
     metrics = []
     for name, value in point.items():
@@ -111,7 +120,7 @@ def evaluate_strategy(decisions: np.ndarray, returns: np.ndarray, expected: np.n
 
 
 EVALUATION_DB = "evaluation.duckdb"
-SHOWN_METRICS = ("mean_pay", "hit_rate", "corr", "corr_expected", "sharpe")
+SHOWN_METRICS = ("mean_pay", "hit_rate", "corr", "corr_expected", "sharpe", "text_share")
 STRATEGY_ORDER = ("trained", "untrained", "buy_and_hold", "momentum", "factor")
 DAILY_PAY_SQL = """
 SELECT strategy, date, avg(reward) AS pay FROM eval_decisions GROUP BY ALL ORDER BY strategy, date

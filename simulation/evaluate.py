@@ -56,6 +56,7 @@ from simulation.model import MarketModel, Silent
 from simulation.run import run_scenario, source_data
 from simulation.scenario import Scenario, load_scenario
 from training.apo import adopted_strategies
+from training.belief_quality import reads_as_market_text
 from training.phase import lora_spec
 
 PROGRESS_EVERY = 25  # days between progress lines
@@ -233,11 +234,16 @@ def _metrics(decisions: pd.DataFrame, in_sample: bool, seed: int) -> pd.DataFram
     """Every metric of every strategy, per agent, per group and for all of its agents; decisions of
     several agents, assets or seeds on one day are averaged per (date, asset) first."""
     rows = []
+    decisions = decisions.assign(reads_as_text=[float(reads_as_market_text(belief, prompt)) if isinstance(belief, str) else float("nan")
+                                                for belief, prompt in zip(decisions["belief"], decisions["prompt"], strict=True)])
 
     def add(strategy: str, level: str, agent_id, group_name, frame: pd.DataFrame) -> None:
-        daily = frame.groupby(["date", "asset"], sort=True).agg(decision=("decision_depth", "mean"), expected=("expected_decision", "mean"), realised=("realised_return", "first"))
+        daily = frame.groupby(["date", "asset"], sort=True).agg(decision=("decision_depth", "mean"), expected=("expected_decision", "mean"),
+                                                                 text=("reads_as_text", "mean"), realised=("realised_return", "first"))
         expected = None if daily["expected"].isna().any() else daily["expected"].to_numpy()
-        for metric in evaluate_strategy(daily["decision"].to_numpy(), daily["realised"].to_numpy(), expected, seed=child_seed(seed, strategy, level, str(agent_id), str(group_name))):
+        text = None if daily["text"].isna().any() else daily["text"].to_numpy()
+        for metric in evaluate_strategy(daily["decision"].to_numpy(), daily["realised"].to_numpy(), expected, text=text,
+                                        seed=child_seed(seed, strategy, level, str(agent_id), str(group_name))):
             rows.append({"strategy": strategy, "level": level, "agent_id": agent_id, "group_name": group_name, "metric": metric.name,
                          "value": metric.value, "ci_low": metric.ci_low, "ci_high": metric.ci_high, "in_sample": in_sample})
 

@@ -15,6 +15,7 @@ from helpers import tiny_scenario
 from core.errors import UserError
 from simulation.evaluate import evaluate
 from simulation.run import start
+from training.belief_quality import reads_as_market_text
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +80,14 @@ def test_evaluation_is_out_of_sample_deterministic_and_trains_nothing(trained_ru
     assert {"mean_pay", "hit_rate", "corr", "corr_expected", "sharpe", "sharpe_se", "days"} <= metric_names
     bounded = tables["eval_metrics"].dropna(subset=["ci_low", "ci_high"])
     assert (bounded["ci_low"] <= bounded["ci_high"]).all()
+    # belief text share: for the agents (who write beliefs), the share of their beliefs that read as market text
+    metrics = tables["eval_metrics"]
+    share = metrics[(metrics["metric"] == "text_share") & (metrics["level"] == "all")].set_index("strategy")["value"]
+    assert set(share.index) == {"trained", "untrained"}
+    for strategy in ("trained", "untrained"):
+        mine = decisions[decisions["strategy"] == strategy]
+        reads = pd.Series([reads_as_market_text(b, p) for b, p in zip(mine["belief"], mine["prompt"], strict=True)], index=mine.index)
+        assert share[strategy] == pytest.approx(reads.groupby(mine["date"]).mean().mean())
 
 
 def _run_data(run_dir: Path):
