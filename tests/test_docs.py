@@ -43,46 +43,44 @@ def _documented_columns(part: int = 0) -> dict[str, set[str]]:
     return tables
 
 
-def test_the_schema_doc_lists_every_table_and_column_the_run_database_has(tmp_path):
+def _columns(con) -> dict[str, set[str]]:
+    """Table -> the column names a DuckDB connection's database has."""
+    actual = {}
+    for table, column in con.execute("SELECT table_name, column_name FROM information_schema.columns").fetchall():
+        actual.setdefault(table, set()).add(column)
+    return actual
+
+
+def _schema_columns(schema: str) -> dict[str, set[str]]:
+    """Table -> the column names the tables that `schema` creates have (in an in-memory database)."""
     import duckdb
 
+    with duckdb.connect() as con:
+        con.execute(schema)
+        return _columns(con)
+
+
+def test_the_schema_doc_lists_every_table_and_column_the_run_database_has(tmp_path):
     from core.store import RunStore
     from market.factor_store import CREATE_TABLES
 
     store = RunStore(tmp_path / "run.duckdb")
     store.con.execute(CREATE_TABLES)
-    actual = {}
-    for table, column in store.con.execute("SELECT table_name, column_name FROM information_schema.columns").fetchall():
-        actual.setdefault(table, set()).add(column)
+    actual = _columns(store.con)
     store.close()
     assert _documented_columns() == actual
-    del duckdb
 
 
-def test_the_schema_doc_lists_every_table_and_column_of_the_sweep_manifest(tmp_path):
-    import duckdb
-
+def test_the_schema_doc_lists_every_table_and_column_of_the_sweep_manifest():
     from core.sweep_store import SCHEMA
 
-    with duckdb.connect(str(tmp_path / "sweep.duckdb")) as con:
-        con.execute(SCHEMA)
-        actual = {}
-        for table, column in con.execute("SELECT table_name, column_name FROM information_schema.columns").fetchall():
-            actual.setdefault(table, set()).add(column)
-    assert _documented_columns(1) == actual
+    assert _documented_columns(1) == _schema_columns(SCHEMA)
 
 
-def test_the_schema_doc_lists_every_table_and_column_of_the_evaluation_database(tmp_path):
-    import duckdb
-
+def test_the_schema_doc_lists_every_table_and_column_of_the_evaluation_database():
     from simulation.evaluate import SCHEMA
 
-    with duckdb.connect(str(tmp_path / "evaluation.duckdb")) as con:
-        con.execute(SCHEMA)
-        actual = {}
-        for table, column in con.execute("SELECT table_name, column_name FROM information_schema.columns").fetchall():
-            actual.setdefault(table, set()).add(column)
-    assert _documented_columns(2) == actual
+    assert _documented_columns(2) == _schema_columns(SCHEMA)
 
 
 def test_base_toml_documents_every_key_of_the_schema():
