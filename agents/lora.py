@@ -9,7 +9,8 @@ gather and two batched matmuls whatever the number of agents (the S-LoRA / Punic
     y = W x + (alpha / r) * B[agent] A[agent] x      for rows with an adapter; y = W x otherwise.
 
 Rows without an adapter (the base model, the KL reference, an untrained baseline) are left out
-of the LoRA term, so they cost nothing extra. When gradients are on, the gather is a one-hot
+of the LoRA term, so they cost nothing extra. Rows that are a contiguous run of agents in order
+(a simulation step's batch) read a slice of the stack, so nothing is gathered or copied. When gradients are on, the gather is a one-hot
 matmul: its backward is a matmul too, which sums the rows of one agent in a fixed order (the
 backward of `index_select` is an `index_add` that is not reproducible on a CPU).
 
@@ -58,27 +59,53 @@ class LoraSpec:
         return self.alpha / self.rank
 
 
-class AdapterRouter:
-    """Which agent's adapter each row of the current batch uses: shared by all LoRA layers."""
+@dataclass(frozen=True)
+class Routing:
+    """One batch's rows as every LoRA layer reads them, worked out once per batch and device."""
 
-    def __init__(self) -> None:
-        self.rows: torch.Tensor | None = None   # [batch] long, -1 = no adapter
-        self.one_hot: torch.Tensor | None = None
-        self.active: torch.Tensor | None = None
+    rows: torch.Tensor           # [batch] long on the layer's device, -1 = no adapter
+    where: torch.Tensor          # indices of the rows with an adapter, on the device
+    all_active: bool             # every row has an adapter
+    span: tuple[int, int] | None # rows are exactly agents start..stop-1 in order: a slice of the stack, no gather
+    selection: torch.Tensor      # [batch, agents] float32 one-hot of each row's agent (a zero row where it has none)
+
+
+class AdapterRouter:
+    """Which agent's adapter each row of the current batch uses: shared by all LoRA layers.
+
+    What the layers need of the rows (on the device, which rows are active, whether they are a
+    contiguous run of agents) is worked out once per batch, not in each of the model's adapted
+    layers: on a GPU that would be a host-device copy and a synchronisation per layer."""
+
+    def __init__(self, agents: int) -> None:
+        self.agents = agents
+        self.rows: torch.Tensor | None = None   # [batch] long on the CPU, -1 = no adapter
+        self._routing: dict[torch.device, Routing] = {}
 
     @contextmanager
     def route(self, rows: list[int] | torch.Tensor | None):
         """Rows of every forward inside the block use these agents (None or all -1: the base model)."""
-        saved = (self.rows, self.one_hot, self.active)
+        saved = (self.rows, self._routing)
         if rows is not None:
-            rows = torch.as_tensor(rows, dtype=torch.long)
+            rows = torch.as_tensor(rows, dtype=torch.long).cpu()
             if bool((rows < 0).all()):
                 rows = None
-        self.rows, self.one_hot, self.active = rows, None, None
+        self.rows, self._routing = rows, {}
         try:
             yield
         finally:
-            self.rows, self.one_hot, self.active = saved
+            self.rows, self._routing = saved
+
+    def routing(self, device: torch.device) -> Routing:
+        if device not in self._routing:
+            rows = self.rows
+            active = rows >= 0
+            start = int(rows[0]) if len(rows) else -1
+            contiguous = start >= 0 and bool((rows == torch.arange(start, start + len(rows))).all())
+            selection = torch.nn.functional.one_hot(rows.clamp(min=0), self.agents).float() * active[:, None]
+            self._routing[device] = Routing(rows.to(device), active.nonzero().squeeze(1).to(device), bool(active.all()),
+                                            (start, start + len(rows)) if contiguous else None, selection.to(device))
+        return self._routing[device]
 
 
 class MultiLoRALinear(torch.nn.Module):
@@ -93,24 +120,27 @@ class MultiLoRALinear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
-        rows = self.router.rows
-        if rows is None:
+        if self.router.rows is None:
             return y
-        rows = rows.to(x.device)
-        active = rows >= 0
+        routing = self.router.routing(x.device)
         if torch.is_grad_enabled():
-            selection = torch.nn.functional.one_hot(rows.clamp(min=0), self.lora_A.shape[0]).to(self.lora_A.dtype) * active[:, None]
-            a = (selection @ self.lora_A.flatten(1)).view(rows.shape[0], *self.lora_A.shape[1:])
-            b = (selection @ self.lora_B.flatten(1)).view(rows.shape[0], *self.lora_B.shape[1:])
-            delta = (x @ a.to(x.dtype).transpose(1, 2)) @ b.to(x.dtype).transpose(1, 2)
-            return y + self.scaling * delta  # rows without an adapter got zero matrices
-        if bool(active.all()):
-            a, b = self.lora_A[rows], self.lora_B[rows]
-            return y + self.scaling * ((x @ a.to(x.dtype).transpose(1, 2)) @ b.to(x.dtype).transpose(1, 2))
-        where = active.nonzero().squeeze(1)
-        a, b = self.lora_A[rows[where]], self.lora_B[rows[where]]
-        delta = (x[where] @ a.to(x.dtype).transpose(1, 2)) @ b.to(x.dtype).transpose(1, 2)
-        return y.index_add(0, where, self.scaling * delta)
+            selection = routing.selection
+            a = (selection @ self.lora_A.flatten(1)).view(len(routing.rows), *self.lora_A.shape[1:])
+            b = (selection @ self.lora_B.flatten(1)).view(len(routing.rows), *self.lora_B.shape[1:])
+            return y + self.scaling * self._delta(x, a, b)  # rows without an adapter got zero matrices
+        if routing.span is not None:
+            start, stop = routing.span
+            return y + self.scaling * self._delta(x, self.lora_A[start:stop], self.lora_B[start:stop])
+        if routing.all_active:
+            return y + self.scaling * self._delta(x, self.lora_A[routing.rows], self.lora_B[routing.rows])
+        where = routing.where
+        agents = routing.rows[where]
+        return y.index_add(0, where, self.scaling * self._delta(x[where], self.lora_A[agents], self.lora_B[agents]))
+
+    @staticmethod
+    def _delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Each row's B A x: x [rows, tokens, in], a [rows, r, in], b [rows, out, r]."""
+        return (x @ a.to(x.dtype).transpose(1, 2)) @ b.to(x.dtype).transpose(1, 2)
 
 
 class StackedAdapters:
@@ -118,7 +148,7 @@ class StackedAdapters:
 
     def __init__(self, model: torch.nn.Module, agents: int, spec: LoraSpec):
         self.model, self.agents, self.spec = model, agents, spec
-        self.router = AdapterRouter()
+        self.router = AdapterRouter(agents)
         self.layers: dict[str, MultiLoRALinear] = {}
         for param in model.parameters():
             param.requires_grad_(False)

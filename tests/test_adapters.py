@@ -106,6 +106,27 @@ def test_a_mixed_batch_equals_each_agent_alone(tiny_model_dir):
                 assert torch.allclose(mixed[row], llm.model(**encoded).logits[row], atol=TOLERANCE)
 
 
+def test_a_contiguous_run_of_agents_reads_the_stack_as_the_gather_and_the_gradient_path_do(tiny_model_dir):
+    llm = _llm(tiny_model_dir, agents=5)
+    _randomise(llm)
+    encoded = _ids(llm)
+    cpu = torch.device("cpu")
+    with llm.route([1, 2, 3]):
+        assert llm.adapters.router.routing(cpu).span == (1, 4)  # a slice of the stack, nothing gathered
+        with torch.no_grad():
+            sliced = llm.model(**encoded).logits
+        with_grad = llm.model(**encoded).logits.detach()  # the one-hot path that training uses
+    assert torch.allclose(sliced, with_grad, atol=TOLERANCE)
+    with torch.no_grad():
+        for row, agent in enumerate([1, 2, 3]):
+            with llm.route([agent] * 3):
+                assert llm.adapters.router.routing(cpu).span is None  # gathered
+                assert torch.allclose(sliced[row], llm.model(**encoded).logits[row], atol=TOLERANCE)
+        with llm.route([1, 2, 4]):
+            other = llm.model(**encoded).logits
+    assert torch.allclose(sliced[:2], other[:2], atol=TOLERANCE) and not torch.allclose(sliced[2], other[2], atol=TOLERANCE)
+
+
 def test_a_saved_adapter_loads_with_peft_and_back_with_the_same_outputs(tiny_model_dir, tmp_path):
     llm = _llm(tiny_model_dir)
     _randomise(llm)
