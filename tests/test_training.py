@@ -114,6 +114,25 @@ def test_joint_training_equals_training_each_agent_alone(tiny_model_dir, tmp_pat
             assert not same(adapter(alone, agent), fresh[agent])
 
 
+def test_a_phase_in_small_chunks_equals_one_pass_over_all_rows(tiny_model_dir, tmp_path, monkeypatch):
+    """On a CPU a phase's rows run in chunks of about CPU_CHUNK_TOKENS tokens; the chunk changes
+    the speed, not the result (gradients accumulate over the chunks), up to float rounding."""
+    from training import phase
+
+    results = {}
+    for name, budget in (("one pass", 10**9), ("small chunks", 1)):
+        monkeypatch.setattr(phase, "CPU_CHUNK_TOKENS", budget)
+        trainer = make_trainer(tiny_model_dir, tmp_path / name.replace(" ", "_"))
+        samples = {agent: decide(trainer, agent, 6, seed=agent + 1) for agent in (0, 1)}
+        rows = [row for states in trainer._states(1, samples, 7).values() for state in states for row in state]
+        assert trainer._chunk_rows(rows) == (64 if budget > 1 else 1)
+        fresh = adapter(trainer, 0)
+        trainer.run_phase(1, 6, samples, seed=7)
+        results[name] = {agent: adapter(trainer, agent) for agent in (0, 1)}
+        assert not same(results[name][0], fresh)
+    assert all(same(results["one pass"][agent], results["small chunks"][agent], atol=1e-5) for agent in (0, 1))
+
+
 def test_phase_is_deterministic_given_its_seed(tiny_model_dir, tmp_path):
     results = []
     for run in range(2):

@@ -42,6 +42,12 @@ from training.hindsight import standardised_pay
 from training.rl import TrainRow, prepare, update_agents
 from training.samples import Sample, most_recent
 
+# On a CPU a phase's passes run in chunks of about this many tokens (16 rows of ~150 tokens):
+# larger chunks outgrow the caches and are memory-bound. With 8 agents x 8 states of ~150 tokens
+# on 2 cores, a phase cost 0.91 s per sample in chunks of 64 rows, 0.63 in chunks of 16 and 0.62
+# in chunks of 8 (docs/benchmarks.md). On a GPU the chunk is the generation batch size.
+CPU_CHUNK_TOKENS = 2400
+
 
 @dataclass(frozen=True)
 class PhaseRow:
@@ -118,10 +124,11 @@ class Trainer:
             train, heldout = self._split(states, seed)
             rows = [row for agent_states in states.values() for state in agent_states for row in state]
             trunk = Trunk(self.llm, self.first_adapted_layer)
-            prepare(trunk, rows, self.config, self.batch_size)
+            chunk_rows = self._chunk_rows(rows)
+            prepare(trunk, rows, self.config, chunk_rows)
             generators = {agent: torch.Generator().manual_seed(child_seed(seed, "micro-batches", agent)) for agent in train}
             learning = {agent: agent_states for agent, agent_states in train.items() if _learns(agent_states)}
-            stats = update_agents(trunk, learning, heldout, self.config, agents=len(self.agent_ids), generators=generators, chunk_rows=self.batch_size)
+            stats = update_agents(trunk, learning, heldout, self.config, agents=len(self.agent_ids), generators=generators, chunk_rows=chunk_rows)
         seconds = (time.perf_counter() - started) / max(len(self.agent_ids), 1)
         reports = []
         for agent_id in self.agent_ids:
@@ -172,6 +179,14 @@ class Trainer:
                     rows.append(TrainRow(next(keys), agent_id, index, answer.prompt_ids, parts.belief_ids, parts.marker_ids, _training_temperature(sample), pay[index], float(slopes[index]), on_policy=True))
                 states[agent_id].append(rows)
         return states
+
+    def _chunk_rows(self, rows: list[TrainRow]) -> int:
+        """Rows in one forward/backward pass of the phase: the generation batch size, and on a CPU
+        no more than `CPU_CHUNK_TOKENS` tokens' worth of average rows."""
+        if self.llm.device.type != "cpu" or not rows:
+            return self.batch_size
+        tokens = sum(len(row.prompt_ids) + len(row.belief_ids) + len(row.marker_ids) for row in rows) / len(rows) + len(self.llm.tree.fed_nodes)
+        return max(1, min(self.batch_size, int(CPU_CHUNK_TOKENS // tokens)))
 
     def _split(self, states: dict[int, list[list[TrainRow]]], seed: int) -> tuple[dict[int, list[list[TrainRow]]], list[TrainRow]]:
         """Hold back `holdout` of each agent's states (a seeded draw), the rest to train on."""
