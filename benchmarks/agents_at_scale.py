@@ -7,10 +7,12 @@ One run measures, on the same machine and model:
   PEFT's mixed-adapter batch (`adapter_names`, which loops over the adapters in every adapted
   layer), and the stacked layer of `agents/lora.py`; decisions/s, tokens/s, and the model FLOPs
   they imply as a fraction of the peak;
-- a training phase at N agents, all agents jointly against one agent at a time: seconds per sample.
+- a training phase at N agents, all agents jointly against one agent at a time: seconds per
+  sample, and the model FLOPs the phase does as a fraction of the peak (`phase_flops`).
 FLOPs are 2 x (non-embedding parameters) per processed token plus the LM head where logits are
 taken; attention is left out (under 10 % at these lengths). Adapters get random B matrices, so no
-path can skip them as zero.
+path can skip them as zero. Each deliberation is timed `--repeats` times, the three ways
+interleaved, and the median is reported; a small phase runs first, untimed, as a warm-up.
 
     python -m benchmarks.agents_at_scale                        # SmolLM2-135M, 8/32/100 agents
     python -m benchmarks.agents_at_scale --random-config qwen2.5-1.5b --dtype bfloat16 --device cuda --agents 100
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from agents.decoding import split_tokens
 from agents.llm import LLM
 from agents.lora import LoraSpec
 from benchmarks.learning import ARMS, Market, Settings
@@ -133,8 +136,24 @@ def deliberate(llm: LLM, texts: list[str], agents: list[int] | None, belief_toke
             "processed_tokens_per_s": (prompt_tokens + generated + tree) / seconds, "gflops_per_s": flops / seconds / 1e9}
 
 
-def phase_cost(llm: LLM, agents: int, samples_per_agent: int, config: TrainingConfig, belief_tokens: int, batch_size: int, joint: bool, seed: int) -> dict:
-    """Seconds per sample of one phase, all agents jointly or one agent at a time (the same samples)."""
+def phase_flops(llm: LLM, rows: list[tuple[int, int]], config: TrainingConfig, dense: int) -> float:
+    """Model FLOPs of one phase over `rows` ((tokens fed, belief tokens) per (state, belief) row,
+    nothing held back), as training/rl.py does them: the frozen layers below the adapters once
+    (the trunk); the adapted layers once to score the rows under the adapters as they are, once
+    more under the base model for the belief leash (kl_coef > 0), then forward and backward in
+    every epoch (the backward's input gradient through a frozen layer costs one forward; the LoRA
+    weight gradients at rank r are negligible); the full-vocabulary head at each belief token in
+    each of those passes. The decision tree's head (a few dozen tokens) is left out."""
+    adapted = len(llm.adapters.spec.layers) if llm.adapters is not None and llm.adapters.spec.layers else llm.layer_count
+    per_layer = dense / llm.layer_count
+    passes = 1 + (config.kl_coef > 0) + 2 * config.epochs
+    tokens = sum(fed for fed, _ in rows)
+    beliefs = sum(belief for _, belief in rows)
+    return 2 * per_layer * tokens * ((llm.layer_count - adapted) + adapted * passes) + 2 * llm.hidden_size * llm.model.config.vocab_size * beliefs * passes
+
+
+def phase_cost(llm: LLM, agents: int, samples_per_agent: int, config: TrainingConfig, belief_tokens: int, batch_size: int, joint: bool, seed: int, dense: int) -> dict:
+    """Seconds per sample and GFLOP/s of one phase, all agents jointly or one agent at a time (the same samples)."""
     market = Market(llm, child_seed(seed, "phase market"), Settings(train_dates=max(samples_per_agent, 8), heldout_dates=4))
     texts = [market.prompt(date, ARMS["treated"]) for date in market.dates[:samples_per_agent]]
     with tempfile.TemporaryDirectory() as folder:
@@ -144,7 +163,11 @@ def phase_cost(llm: LLM, agents: int, samples_per_agent: int, config: TrainingCo
         completions = llm.generate(texts * agents, [1.0] * (agents * samples_per_agent), [a for a in range(agents) for _ in texts],
                                    belief_tokens=belief_tokens, batch_size=batch_size, seed=child_seed(seed, "samples"), exact=False)
         samples = {agent: [] for agent in range(agents)}
+        fed = len(llm.tree.fed_nodes)
+        rows = []
         for index, completion in enumerate(completions):
+            parts = split_tokens(llm.slot, belief_tokens, completion.completion_ids)
+            rows.append((len(completion.prompt_ids) + len(parts.belief_ids) + len(parts.marker_ids) + fed, len(parts.belief_ids)))
             agent, day = divmod(index, samples_per_agent)
             realised = market.next_return(market.dates[day])
             samples[agent].append(sample_from_completion(completion, agent_id=agent, step=day, realised_return=realised, reward=reward("linear", realised, completion.decision_depth),
@@ -158,8 +181,16 @@ def phase_cost(llm: LLM, agents: int, samples_per_agent: int, config: TrainingCo
                 trainer.run_phase(1, samples_per_agent, {agent: samples[agent]}, seed=child_seed(seed, "phase"))
         _sync(llm.device)
         seconds = time.perf_counter() - started
+        flops = phase_flops(llm, rows, config, dense)
     llm.detach_adapters()
-    return {"seconds": round(seconds, 2), "seconds_per_sample": seconds / (agents * samples_per_agent)}
+    return {"seconds": round(seconds, 2), "seconds_per_sample": seconds / (agents * samples_per_agent), "gflop_per_sample": flops / len(rows) / 1e9,
+            "gflops_per_s": flops / seconds / 1e9, "tokens_per_row": sum(tokens for tokens, _ in rows) / len(rows)}
+
+
+def _median(runs: list[dict]) -> dict:
+    """The run of median time, with every run's seconds beside it."""
+    ordered = sorted(runs, key=lambda run: run["seconds"])
+    return ordered[len(ordered) // 2] | {"repeats_seconds": [run["seconds"] for run in runs]}
 
 
 def main() -> None:
@@ -173,6 +204,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8, help="samples per agent in the phase")
     parser.add_argument("--belief-tokens", type=int, default=16, help="most belief tokens (the base scenario's 16)")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3, help="timed deliberations per way and agent count (the median is reported)")
     parser.add_argument("--skip-peft", action="store_true", help="leave PEFT's mixed batch out (it is slow at many agents)")
     parser.add_argument("--seed", type=int, default=0, help="master seed of the prompts, samples and phases")
     parser.add_argument("--out", type=Path)
@@ -193,23 +225,30 @@ def main() -> None:
     out = args.out or RESULTS_DIR / f"agents-at-scale-{llm.device.type}.json"
     print(f"{result['model']} on {result['device']} ({result['dtype']}), matmul peak {peak:.0f} GFLOP/s, LoRA on {len(spec.layers)} layers x {len(spec.target_modules)} projections")
     deliberate(llm, prompts(llm, 2, args.seed), None, args.belief_tokens, 2, dense, args.seed)  # warm-up
+    phase_cost(llm, 2, 2, config, args.belief_tokens, args.batch_size, joint=True, seed=args.seed, dense=dense)  # warm-up
     for count in args.phase_agents:
-        rows = {mode: phase_cost(llm, count, args.samples, config, args.belief_tokens, args.batch_size, joint=mode == "joint", seed=args.seed) for mode in ("joint", "one_by_one")}
+        rows = {mode: phase_cost(llm, count, args.samples, config, args.belief_tokens, args.batch_size, joint=mode == "joint", seed=args.seed, dense=dense)
+                for mode in ("joint", "one_by_one")}
         for mode, row in rows.items():
-            print(f"  phase at {count:>3} agents x {args.samples} samples, {mode:<10}: {row['seconds_per_sample']:.3f} s per sample ({row['seconds']} s)", flush=True)
+            row["fraction_of_peak"] = row["gflops_per_s"] / peak
+            print(f"  phase at {count:>3} agents x {args.samples} samples, {mode:<10}: {row['seconds_per_sample']:.3f} s per sample ({row['seconds']} s), "
+                  f"{row['gflop_per_sample']:.0f} GFLOP per sample, {row['fraction_of_peak']:.0%} of peak", flush=True)
         result["phase"][count] = rows
         write_result(out, result)
     for count in args.agents:
         texts = prompts(llm, count, args.seed)
-        rows = {"none": deliberate(llm, texts, None, args.belief_tokens, args.batch_size, dense, args.seed)}
-        if not args.skip_peft:
-            with peft_mixed(llm, count, spec, args.seed):
-                rows["peft_mixed"] = deliberate(llm, texts, list(range(count)), args.belief_tokens, args.batch_size, dense, args.seed)
-            llm.model = base_model
-        llm.attach_adapters(count, spec)
-        _randomise(llm, args.seed)
-        rows["stacked"] = deliberate(llm, texts, list(range(count)), args.belief_tokens, args.batch_size, dense, args.seed)
-        llm.detach_adapters()
+        timed: dict[str, list[dict]] = {}
+        for _ in range(args.repeats):  # the ways interleaved, so a slow drift of the machine reaches all three
+            timed.setdefault("none", []).append(deliberate(llm, texts, None, args.belief_tokens, args.batch_size, dense, args.seed))
+            if not args.skip_peft:
+                with peft_mixed(llm, count, spec, args.seed):
+                    timed.setdefault("peft_mixed", []).append(deliberate(llm, texts, list(range(count)), args.belief_tokens, args.batch_size, dense, args.seed))
+                llm.model = base_model
+            llm.attach_adapters(count, spec)
+            _randomise(llm, args.seed)
+            timed.setdefault("stacked", []).append(deliberate(llm, texts, list(range(count)), args.belief_tokens, args.batch_size, dense, args.seed))
+            llm.detach_adapters()
+        rows = {name: _median(runs) for name, runs in timed.items()}
         for name, row in rows.items():
             row["fraction_of_peak"] = row["gflops_per_s"] / peak
             row["cost_over_no_adapters"] = rows["none"]["decisions_per_s"] / row["decisions_per_s"] - 1.0
