@@ -26,7 +26,7 @@ from agents.llm import LLM
 from agents.prompts import DEFAULT_STRATEGY
 from benchmarks.learning import ARMS, PERSONA, Market, before_after, corr, run_seeds
 from benchmarks.results_file import RESULTS_DIR, write_result
-from core.overrides import apply_overrides
+from core.overrides import override_model
 from core.parallel import cpu_count
 from core.provenance import provenance
 from core.schema import Section
@@ -138,7 +138,7 @@ def main() -> None:
     parser.add_argument("--cpus-per-seed", type=float, default=float(cpu_count()))
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "apo-seeds0-2.json")
     args = parser.parse_args()
-    settings = Settings.model_validate(apply_overrides({}, args.set + ([f"seeds={args.seeds}"] if args.seeds else []), source="--set"))
+    settings = override_model(Settings(), args.set + ([f"seeds={args.seeds}"] if args.seeds else []))
     recorded = provenance()
     started = time.perf_counter()
     agents = run_seeds(run_seed, settings, args.cpus_per_seed)

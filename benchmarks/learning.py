@@ -58,7 +58,7 @@ from agents.prompts import DEFAULT_STRATEGY, Persona, system_message, user_messa
 from agents.scoring import score
 from analysis.evaluation import evaluate_strategy, factor_decision, momentum_decision
 from benchmarks.results_file import RESULTS_DIR, write_result
-from core.overrides import apply_overrides
+from core.overrides import override_model
 from core.parallel import JobRunner, cpu_count
 from core.provenance import provenance
 from core.schema import Section
@@ -358,8 +358,9 @@ def _text(value: float | None) -> str:
 
 
 def parse_settings(pairs: list[str], base: dict | None = None) -> Settings:
-    """Settings from `key=value` pairs (dotted keys into sections, values as TOML), validated whole."""
-    return Settings.model_validate(apply_overrides(base or {}, pairs, source="--set"))
+    """Settings from `key=value` pairs (dotted keys into sections, values as TOML) on `base` and
+    the defaults, validated whole."""
+    return override_model(Settings.model_validate(base or {}), pairs)
 
 
 def main() -> None:

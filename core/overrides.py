@@ -42,3 +42,10 @@ def apply_overrides(settings: dict, pairs: list[str], source: str = "--set") -> 
             node = child
         node[name] = parse_value(value)
     return result
+
+
+def override_model(model, pairs: list[str], source: str = "--set"):
+    """A validated copy of the pydantic `model` with every `KEY=VALUE` of `pairs` set. The pairs
+    land on the model's own values, nested sections included, so a section whose default differs
+    from its class's defaults (a benchmark's `training`) keeps its other fields when one is set."""
+    return type(model).model_validate(apply_overrides(model.model_dump(), pairs, source))

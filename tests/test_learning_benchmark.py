@@ -15,6 +15,7 @@ from benchmarks.learning import (
     summarise,
 )
 from core.errors import UserError
+from core.overrides import override_model
 from core.provenance import provenance
 
 
@@ -49,6 +50,22 @@ def test_settings_overrides_go_through_the_schema():
         parse_settings(["training.trsut=0.5"])
     with pytest.raises(UserError, match="KEY=VALUE"):
         parse_settings(["phases"])
+
+
+def test_setting_one_training_key_keeps_the_benchmarks_other_training_settings():
+    default = parse_settings([]).training
+    assert (default.max_samples, default.epochs, default.every) == (80, 4, 1)  # the benchmark's, not TrainingConfig's
+    settings = parse_settings(["training.beliefs_per_state=2"])
+    assert settings.training.beliefs_per_state == 2
+    assert settings.training.model_dump(exclude={"beliefs_per_state"}) == default.model_dump(exclude={"beliefs_per_state"})
+    assert parse_settings(["training.epochs=2"], QUICK).states == QUICK["states"]
+
+
+def test_the_apo_benchmarks_apo_section_keeps_its_own_defaults_when_one_key_is_set():
+    from benchmarks.apo import Settings as ApoSettings
+
+    settings = override_model(ApoSettings(), ["apo.beam=2"])
+    assert settings.apo.beam == 2 and settings.apo.candidates == ApoSettings().apo.candidates == 3
 
 
 def test_one_seed_trains_and_reports_both_arms_on_the_tiny_model(tiny_model_dir):
