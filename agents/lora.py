@@ -10,9 +10,10 @@ gather and two batched matmuls whatever the number of agents (the S-LoRA / Punic
 
 Rows without an adapter (the base model, the KL reference, an untrained baseline) are left out
 of the LoRA term, so they cost nothing extra. Rows that are a contiguous run of agents in order
-(a simulation step's batch) read a slice of the stack, so nothing is gathered or copied. When gradients are on, the gather is a one-hot
-matmul: its backward is a matmul too, which sums the rows of one agent in a fixed order (the
-backward of `index_select` is an `index_add` that is not reproducible on a CPU).
+(a simulation step's batch) read a slice of the stack, so nothing is gathered or copied. When
+gradients are on, the gather is a one-hot matmul: its backward is a matmul too, which sums the
+rows of one agent in a fixed order (the backward of `index_select` is an `index_add` that is not
+reproducible on a CPU).
 
 Adapters are kept in float32 whatever the model's dtype: the optimizer updates float32 masters,
 and the LoRA term is computed in the activations' dtype (bf16 on CUDA, with fp32 accumulation in

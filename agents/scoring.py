@@ -95,6 +95,12 @@ class Packed:
     beliefs: list[list[int]]
 
 
+def packed_tokens(llm, prompt: list[int], belief: list[int], marker: list[int]) -> int:
+    """Tokens one (prompt, belief, marker) row feeds in a `pack`ed pass: the row itself and the
+    decision tree's fed nodes."""
+    return len(prompt) + len(belief) + len(marker) + len(llm.tree.fed_nodes)
+
+
 def pack(llm, prompts: list[list[int]], beliefs: list[list[int]], markers: list[list[int]]) -> Packed:
     suffixes = [prompt + belief + marker for prompt, belief, marker in zip(prompts, beliefs, markers)]
     empty = torch.zeros((len(suffixes), 0), dtype=torch.long)

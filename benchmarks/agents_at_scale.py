@@ -31,6 +31,7 @@ import torch
 from agents.decoding import split_tokens
 from agents.llm import LLM
 from agents.lora import LoraSpec
+from agents.scoring import packed_tokens
 from benchmarks.learning import ARMS, Market, Settings
 from benchmarks.results_file import RESULTS_DIR, write_result
 from core.provenance import provenance
@@ -163,11 +164,10 @@ def phase_cost(llm: LLM, agents: int, samples_per_agent: int, config: TrainingCo
         completions = llm.generate(texts * agents, [1.0] * (agents * samples_per_agent), [a for a in range(agents) for _ in texts],
                                    belief_tokens=belief_tokens, batch_size=batch_size, seed=child_seed(seed, "samples"), exact=False)
         samples = {agent: [] for agent in range(agents)}
-        fed = len(llm.tree.fed_nodes)
         rows = []
         for index, completion in enumerate(completions):
             parts = split_tokens(llm.slot, belief_tokens, completion.completion_ids)
-            rows.append((len(completion.prompt_ids) + len(parts.belief_ids) + len(parts.marker_ids) + fed, len(parts.belief_ids)))
+            rows.append((packed_tokens(llm, completion.prompt_ids, parts.belief_ids, parts.marker_ids), len(parts.belief_ids)))
             agent, day = divmod(index, samples_per_agent)
             realised = market.next_return(market.dates[day])
             samples[agent].append(sample_from_completion(completion, agent_id=agent, step=day, realised_return=realised, reward=reward("linear", realised, completion.decision_depth),

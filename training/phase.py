@@ -34,7 +34,7 @@ import torch
 from agents.decoding import split_tokens
 from agents.llm import LLM
 from agents.lora import LoraSpec
-from agents.scoring import Trunk
+from agents.scoring import Trunk, packed_tokens
 from core.seeding import child_seed
 from training.belief_quality import belief_text_share
 from training.config import TrainingConfig
@@ -185,7 +185,7 @@ class Trainer:
         no more than `CPU_CHUNK_TOKENS` tokens' worth of average rows."""
         if self.llm.device.type != "cpu" or not rows:
             return self.batch_size
-        tokens = sum(len(row.prompt_ids) + len(row.belief_ids) + len(row.marker_ids) for row in rows) / len(rows) + len(self.llm.tree.fed_nodes)
+        tokens = sum(packed_tokens(self.llm, row.prompt_ids, row.belief_ids, row.marker_ids) for row in rows) / len(rows)
         return max(1, min(self.batch_size, int(CPU_CHUNK_TOKENS // tokens)))
 
     def _split(self, states: dict[int, list[list[TrainRow]]], seed: int) -> tuple[dict[int, list[list[TrainRow]]], list[TrainRow]]:
