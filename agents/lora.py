@@ -9,7 +9,8 @@ gather and two batched matmuls whatever the number of agents (the S-LoRA / Punic
     y = W x + (alpha / r) * B[agent] A[agent] x      for rows with an adapter; y = W x otherwise.
 
 Rows without an adapter (the base model, the KL reference, an untrained baseline) are left out
-of the LoRA term, so they cost nothing extra. Rows that are a contiguous run of agents in order
+of the LoRA term, so they cost nothing extra; without gradients so are the rows of an agent whose
+adapter is still the identity (every B zero: fresh, or reset), whose LoRA term is exactly 0. Rows that are a contiguous run of agents in order
 (a simulation step's batch) read a slice of the stack, so nothing is gathered or copied. When
 gradients are on, the gather is a one-hot matmul: its backward is a matmul too, which sums the
 rows of one agent in a fixed order (the backward of `index_select` is an `index_add` that is not
@@ -78,10 +79,11 @@ class AdapterRouter:
     contiguous run of agents) is worked out once per batch, not in each of the model's adapted
     layers: on a GPU that would be a host-device copy and a synchronisation per layer."""
 
-    def __init__(self, agents: int) -> None:
+    def __init__(self, agents: int, identity=None) -> None:
         self.agents = agents
+        self.identity = identity                 # () -> [agents] bool: adapters that are exactly the identity
         self.rows: torch.Tensor | None = None   # [batch] long on the CPU, -1 = no adapter
-        self._routing: dict[torch.device, Routing] = {}
+        self._routing: dict[tuple[torch.device, bool], Routing | None] = {}
 
     @contextmanager
     def route(self, rows: list[int] | torch.Tensor | None):
@@ -97,16 +99,24 @@ class AdapterRouter:
         finally:
             self.rows, self._routing = saved
 
-    def routing(self, device: torch.device) -> Routing:
-        if device not in self._routing:
+    def routing(self, device: torch.device, grad: bool) -> Routing | None:
+        """The batch's rows as a layer on `device` reads them; without gradients (`grad` false) the
+        rows of identity adapters are left out, and None = no row needs a LoRA term."""
+        key = (device, grad)
+        if key not in self._routing:
             rows = self.rows
+            if not grad and self.identity is not None:
+                rows = torch.where(self.identity()[rows.clamp(min=0)], -1, rows)
             active = rows >= 0
+            if not bool(active.any()):
+                self._routing[key] = None
+                return None
             start = int(rows[0]) if len(rows) else -1
             contiguous = start >= 0 and bool((rows == torch.arange(start, start + len(rows))).all())
             selection = torch.nn.functional.one_hot(rows.clamp(min=0), self.agents).float() * active[:, None]
-            self._routing[device] = Routing(rows.to(device), active.nonzero().squeeze(1).to(device), bool(active.all()),
-                                            (start, start + len(rows)) if contiguous else None, selection.to(device))
-        return self._routing[device]
+            self._routing[key] = Routing(rows.to(device), active.nonzero().squeeze(1).to(device), bool(active.all()),
+                                         (start, start + len(rows)) if contiguous else None, selection.to(device))
+        return self._routing[key]
 
 
 class MultiLoRALinear(torch.nn.Module):
@@ -123,8 +133,11 @@ class MultiLoRALinear(torch.nn.Module):
         y = self.base(x)
         if self.router.rows is None:
             return y
-        routing = self.router.routing(x.device)
-        if torch.is_grad_enabled():
+        grad = torch.is_grad_enabled()
+        routing = self.router.routing(x.device, grad)
+        if routing is None:
+            return y
+        if grad:
             selection = routing.selection
             a = (selection @ self.lora_A.flatten(1)).view(len(routing.rows), *self.lora_A.shape[1:])
             b = (selection @ self.lora_B.flatten(1)).view(len(routing.rows), *self.lora_B.shape[1:])
@@ -149,8 +162,9 @@ class StackedAdapters:
 
     def __init__(self, model: torch.nn.Module, agents: int, spec: LoraSpec):
         self.model, self.agents, self.spec = model, agents, spec
-        self.router = AdapterRouter(agents)
+        self.router = AdapterRouter(agents, self.identity)
         self.layers: dict[str, MultiLoRALinear] = {}
+        self._identity: tuple[tuple[int, ...], torch.Tensor] | None = None
         for param in model.parameters():
             param.requires_grad_(False)
         targets = [(name, module) for name, module in model.named_modules()
@@ -167,6 +181,22 @@ class StackedAdapters:
 
     def route(self, rows):
         return self.router.route(rows)
+
+    def identity(self) -> torch.Tensor:
+        """[agents] bool on the CPU: the agents whose adapter is exactly the identity (every B is zero).
+
+        Worked out again only when a B tensor has changed since: every in-place write to a
+        tensor (the optimizer's step, `set_agent_state`, `load_agent`, `reset`, a `copy_` under
+        `no_grad`) advances its version counter, which is the cache's key."""
+        key = tuple(layer.lora_B._version for layer in self.layers.values())
+        if self._identity is None or self._identity[0] != key:
+            nonzero = None
+            for layer in self.layers.values():
+                rows = layer.lora_B.detach().flatten(1).ne(0).any(1)
+                nonzero = rows if nonzero is None else nonzero | rows.to(nonzero.device)
+            identity = ~nonzero.cpu() if nonzero is not None else torch.ones(self.agents, dtype=torch.bool)
+            self._identity = (key, identity)
+        return self._identity[1]
 
     def detach(self) -> None:
         """Put the model's own linear layers back (the adapters are dropped)."""

@@ -112,7 +112,7 @@ def test_a_contiguous_run_of_agents_reads_the_stack_as_the_gather_and_the_gradie
     encoded = _ids(llm)
     cpu = torch.device("cpu")
     with llm.route([1, 2, 3]):
-        assert llm.adapters.router.routing(cpu).span == (1, 4)  # a slice of the stack, nothing gathered
+        assert llm.adapters.router.routing(cpu, grad=False).span == (1, 4)  # a slice of the stack, nothing gathered
         with torch.no_grad():
             sliced = llm.model(**encoded).logits
         with_grad = llm.model(**encoded).logits.detach()  # the one-hot path that training uses
@@ -120,7 +120,7 @@ def test_a_contiguous_run_of_agents_reads_the_stack_as_the_gather_and_the_gradie
     with torch.no_grad():
         for row, agent in enumerate([1, 2, 3]):
             with llm.route([agent] * 3):
-                assert llm.adapters.router.routing(cpu).span is None  # gathered
+                assert llm.adapters.router.routing(cpu, grad=False).span is None  # gathered
                 assert torch.allclose(sliced[row], llm.model(**encoded).logits[row], atol=TOLERANCE)
         with llm.route([1, 2, 4]):
             other = llm.model(**encoded).logits
@@ -151,3 +151,29 @@ def test_loading_an_adapter_of_another_shape_is_refused(tiny_model_dir, tmp_path
     other = _llm(tiny_model_dir, spec=LoraSpec(4, 8.0, ("q_proj",)))
     with pytest.raises(ValueError, match="do not fit"):
         other.adapters.load_agent(0, folder)
+
+
+def test_identity_adapters_are_skipped_without_gradients_until_their_B_changes(tiny_model_dir):
+    """Rows of an agent whose every B is zero (fresh or reset) cost nothing extra without
+    gradients: the router leaves them out, which changes no output (their LoRA term is exactly 0).
+    Writing an agent's B (an optimizer step, a load) brings its rows back at once."""
+    llm = _llm(tiny_model_dir)
+    encoded = _ids(llm)
+    router = llm.adapters.router
+    assert llm.adapters.identity().tolist() == [True, True, True]
+    with torch.no_grad(), llm.route([0, 1, 2]):
+        llm.model(**encoded)
+        assert router.routing(llm.device, grad=False) is None  # nothing left to route
+        assert router.routing(llm.device, grad=True) is not None  # gradients still reach every row
+    with torch.no_grad():
+        next(iter(llm.adapters.layers.values())).lora_B[1].fill_(0.5)
+    assert llm.adapters.identity().tolist() == [True, False, True]
+    with torch.no_grad(), llm.route([0, 1, 2]):
+        adapted = llm.model(**encoded).logits
+        assert router.routing(llm.device, grad=False).rows.tolist() == [-1, 1, -1]
+    with torch.no_grad(), llm.route([-1, -1, -1]):
+        base = llm.model(**encoded).logits
+    assert torch.equal(adapted[0], base[0]) and torch.equal(adapted[2], base[2])
+    assert not torch.allclose(adapted[1], base[1])
+    llm.adapters.reset(1)
+    assert llm.adapters.identity().tolist() == [True, True, True]
