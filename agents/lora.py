@@ -141,20 +141,21 @@ class MultiLoRALinear(torch.nn.Module):
             selection = routing.selection
             a = (selection @ self.lora_A.flatten(1)).view(len(routing.rows), *self.lora_A.shape[1:])
             b = (selection @ self.lora_B.flatten(1)).view(len(routing.rows), *self.lora_B.shape[1:])
-            return y + self.scaling * self._delta(x, a, b)  # rows without an adapter got zero matrices
+            return self._plus_delta(y, x, a, b)  # rows without an adapter got zero matrices
         if routing.span is not None:
             start, stop = routing.span
-            return y + self.scaling * self._delta(x, self.lora_A[start:stop], self.lora_B[start:stop])
+            return self._plus_delta(y, x, self.lora_A[start:stop], self.lora_B[start:stop])
         if routing.all_active:
-            return y + self.scaling * self._delta(x, self.lora_A[routing.rows], self.lora_B[routing.rows])
+            return self._plus_delta(y, x, self.lora_A[routing.rows], self.lora_B[routing.rows])
         where = routing.where
         agents = routing.rows[where]
-        return y.index_add(0, where, self.scaling * self._delta(x[where], self.lora_A[agents], self.lora_B[agents]))
+        return y.index_copy(0, where, self._plus_delta(y[where], x[where], self.lora_A[agents], self.lora_B[agents]))
 
-    @staticmethod
-    def _delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Each row's B A x: x [rows, tokens, in], a [rows, r, in], b [rows, out, r]."""
-        return (x @ a.to(x.dtype).transpose(1, 2)) @ b.to(x.dtype).transpose(1, 2)
+    def _plus_delta(self, y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """y + scaling * B A x per row, as one fused `baddbmm` onto y (no separate pass to scale
+        the product or to add it): y [rows, tokens, out], x [rows, tokens, in], a [rows, r, in],
+        b [rows, out, r]. The LoRA matrices are cast to the activations' dtype."""
+        return torch.baddbmm(y, x @ a.to(x.dtype).transpose(1, 2), b.to(x.dtype).transpose(1, 2), alpha=self.scaling)
 
 
 class StackedAdapters:

@@ -80,18 +80,19 @@ PERSONA = Persona(optimism=0.5, rationality=0.8, risk_preference=0.5)
 class Settings(Section):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4, 5], description="Market seeds; each runs alone.")
     model: str = Field("packaged", description="As [model] path: 'packaged' SmolLM2-135M, a local HF folder or a hub id.")
+    dtype: str = Field("auto", pattern="^(auto|float32|bfloat16|float16)$", description="As [model] dtype.")
     signal: float = Field(0.6, gt=0.0, lt=1.0, description="corr(fundamental latent at t, return t -> t+1).")
     train_dates: int = Field(240, ge=8, description="Dates the phases draw their states from.")
     heldout_dates: int = Field(48, ge=4, description="Later dates evaluated, each also mirrored.")
-    phases: int = Field(2, ge=1, description="Training phases.")
-    states: int = Field(80, ge=2, description="Train dates each agent decides on per phase.")
+    phases: int = Field(3, ge=1, description="Training phases.")
+    states: int = Field(100, ge=2, description="Train dates each agent decides on per phase; a phase learns from every state decided so far.")
     temperature: float = Field(1.0, gt=0.0, le=2.0, description="The agents' sampling temperature.")
     belief_tokens: int = Field(16, ge=4, description="Most belief tokens.")
     batch_size: int = Field(64, ge=1, description="Rows per forward pass.")
     kl_examples: int = Field(8, ge=1, description="Held-out beliefs per agent scored for exact belief KL.")
     reward: str = Field("linear", pattern="^(linear|risk_adjusted)$", description="The market's payoff rule.")
     risk_aversion: float = Field(20.0, ge=0.0, description="lambda of the risk-adjusted payoff.")
-    training: TrainingConfig = Field(default_factory=lambda: TrainingConfig(every=1, max_samples=80, beliefs_per_state=1, epochs=4), description="The trainer's settings.")
+    training: TrainingConfig = Field(default_factory=lambda: TrainingConfig(every=1, max_samples=0, beliefs_per_state=1, epochs=4), description="The trainer's settings.")
 
 
 QUICK = {"seeds": [0], "train_dates": 24, "heldout_dates": 8, "phases": 1, "states": 12, "kl_examples": 2}
@@ -138,7 +139,7 @@ class Market:
 def run_seed(settings: Settings, seed: int) -> list[dict]:
     """Train and evaluate one seed's treated and control agents; one record per agent."""
     started = time.perf_counter()
-    llm = LLM.load(settings.model)
+    llm = LLM.load(settings.model, dtype=settings.dtype)
     market = Market(llm, seed, settings)
     train_dates, heldout = market.train_dates, market.heldout
     arms = list(ARMS.items())
@@ -204,9 +205,9 @@ def train(llm: LLM, trainer: Trainer, market: Market, arms, dates: list[pd.Times
         rows = trainer.run_phase(phase, phase, {agent: list(samples) for agent, samples in history.items()}, seed=child_seed(seed, "phase", phase))
         seconds = round(time.perf_counter() - started, 1)
         log.append([{"phase": phase, "seconds": seconds, **{key: getattr(row, key) for key in (
-            "epochs", "kept_epoch", "loss", "decision_kl", "belief_kl", "heldout_pay_before", "heldout_pay_after", "belief_advantage_std", "reward_mean")}} for row in rows])
+            "epochs", "kept_epoch", "loss", "decision_kl", "belief_kl", "heldout_pay_before", "heldout_pay_after", "heldout_t", "belief_advantage_std", "reward_mean")}} for row in rows])
         print(f"seed {seed} phase {phase}/{settings.phases} ({seconds} s): " + "  ".join(
-            f"{arm} held-back pay {_text(row.heldout_pay_before)} -> {_text(row.heldout_pay_after)} (epoch {row.kept_epoch}/{row.epochs})"
+            f"{arm} held-back pay {_text(row.heldout_pay_before)} -> {_text(row.heldout_pay_after)} (epoch {row.kept_epoch}/{row.epochs}, t {_text(row.heldout_t)})"
             for (arm, _), row in zip(arms, rows)), flush=True)
     return log
 

@@ -63,7 +63,7 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE TABLE IF NOT EXISTS training (
     phase INTEGER, step INTEGER, agent_id INTEGER, samples INTEGER, heldout_states INTEGER, beliefs INTEGER,
     epochs INTEGER, kept_epoch INTEGER, loss DOUBLE, decision_kl DOUBLE, belief_kl DOUBLE, grad_norm DOUBLE,
-    heldout_pay_before DOUBLE, heldout_pay_after DOUBLE, belief_advantage_std DOUBLE,
+    heldout_pay_before DOUBLE, heldout_pay_after DOUBLE, heldout_t DOUBLE, belief_advantage_std DOUBLE,
     reward_mean DOUBLE, reward_std DOUBLE, seconds DOUBLE, adapter_path VARCHAR,
     adapter_version INTEGER, belief_text_share DOUBLE, PRIMARY KEY (phase, agent_id));
 CREATE TABLE IF NOT EXISTS aed (

@@ -39,4 +39,4 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
 def tiny_llm(tiny_model_dir):
     from agents.llm import LLM
 
-    return LLM.load(str(tiny_model_dir), device="cpu")
+    return LLM.load(str(tiny_model_dir), device="cpu", dtype="float32")

@@ -56,6 +56,7 @@ def tiny_scenario(folder: Path, model_dir: Path, *, steps: int = 6, impact: floa
 
         [model]
         path = "{model_dir}"
+        dtype = "float32"
         belief_tokens = 8
         batch_size = 4
 

@@ -17,7 +17,7 @@ TOLERANCE = 1e-5  # fp32: the stacked and PEFT forms sum the same products in an
 
 
 def _llm(model_dir, agents: int = 3, spec: LoraSpec = SPEC) -> LLM:
-    llm = LLM.load(str(model_dir), device="cpu")
+    llm = LLM.load(str(model_dir), device="cpu", dtype="float32")
     llm.attach_adapters(agents, spec)
     return llm
 

@@ -61,7 +61,7 @@ def test_exact_token_kl_is_zero_for_equal_distributions_and_matches_the_definiti
 
 
 def test_belief_kl_is_zero_for_a_fresh_adapter_and_grows_when_the_adapter_moves(tiny_model_dir):
-    llm = LLM.load(str(tiny_model_dir), device="cpu")
+    llm = LLM.load(str(tiny_model_dir), device="cpu", dtype="float32")
     llm.attach_adapters(1, LoraSpec(8, 16.0, ("q_proj", "v_proj")))
     texts = [llm.chat_prompt("You are an investor.", f"Day {day}.") for day in range(3)]
     completions = llm.generate(texts, [1.0] * 3, [0] * 3, belief_tokens=6, seed=0)

@@ -21,7 +21,7 @@ def test_a_model_folders_generation_config_does_not_change_sampling(tiny_model_d
     folder = tmp_path / "with-generation-config"
     shutil.copytree(tiny_model_dir, folder)
     (folder / "generation_config.json").write_text(json.dumps({"repetition_penalty": 1.3, "top_k": 5, "top_p": 0.5, "temperature": 0.3, "do_sample": True}))
-    configured, plain = LLM.load(str(folder), device="cpu"), LLM.load(str(tiny_model_dir), device="cpu")
+    configured, plain = LLM.load(str(folder), device="cpu", dtype="float32"), LLM.load(str(tiny_model_dir), device="cpu", dtype="float32")
     prompt = plain.chat_prompt("You are an investor.", "Momentum +0.5 momentum +0.5 momentum. Your belief?")
     first = configured.generate([prompt] * 6, [1.2] * 6, belief_tokens=BELIEF_TOKENS, seed=4)
     second = plain.generate([prompt] * 6, [1.2] * 6, belief_tokens=BELIEF_TOKENS, seed=4)
@@ -42,7 +42,7 @@ def test_a_model_folders_generation_config_does_not_change_sampling(tiny_model_d
 
 
 def test_the_sampler_leaves_no_token_to_the_model_folders_defaults(tiny_model_dir):
-    llm = LLM.load(str(tiny_model_dir), device="cpu")
+    llm = LLM.load(str(tiny_model_dir), device="cpu", dtype="float32")
     prompt = llm.chat_prompt("You are an investor.", "Your belief?")
     answers = llm.generate([prompt] * 4, [1.0, 1.0, 0.0, 0.0], belief_tokens=BELIEF_TOKENS, seed=9)
     assert answers[2].completion_ids == answers[3].completion_ids  # greedy rows agree

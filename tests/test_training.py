@@ -17,7 +17,14 @@ from agents.scoring import Trunk, score
 from market.payoff import reward
 from training.config import TrainingConfig
 from training.phase import Trainer
-from training.rl import TrainRow, heldout_pay, leave_one_out, prepare, row_losses
+from training.rl import (
+    TrainRow,
+    gain_t,
+    heldout_pay,
+    leave_one_out,
+    prepare,
+    row_losses,
+)
 from training.samples import Sample, most_recent, sample_from_completion
 
 BELIEF_TOKENS = 6
@@ -27,7 +34,7 @@ FAST = {"learning_rate": 2e-2, "micro_batch": 8, "max_samples": 0, "epochs": 3, 
 
 
 def make_trainer(model_dir, adapter_dir, **overrides) -> Trainer:
-    llm = LLM.load(str(model_dir), device="cpu")
+    llm = LLM.load(str(model_dir), device="cpu", dtype="float32")
     trainer = Trainer(llm, TrainingConfig(**{**FAST, **overrides}), adapter_dir, AGENTS, reward="linear", risk_aversion=0.0,
                       belief_tokens=BELIEF_TOKENS, max_prompt_tokens=128, batch_size=64)
     trainer.attach()
@@ -130,7 +137,9 @@ def test_a_phase_in_small_chunks_equals_one_pass_over_all_rows(tiny_model_dir, t
         trainer.run_phase(1, 6, samples, seed=7)
         results[name] = {agent: adapter(trainer, agent) for agent in (0, 1)}
         assert not same(results[name][0], fresh)
-    assert all(same(results["one pass"][agent], results["small chunks"][agent], atol=1e-5) for agent in (0, 1))
+    # Adam divides by the root of each element's squared gradients, so an element whose gradient is
+    # near 0 turns rounding into a step: 2e-5 seen on an AVX-512 machine, against entries of ~0.1.
+    assert all(same(results["one pass"][agent], results["small chunks"][agent], atol=1e-4) for agent in (0, 1))
 
 
 def test_phase_is_deterministic_given_its_seed(tiny_model_dir, tmp_path):
@@ -167,6 +176,44 @@ def test_early_stopping_never_ends_a_phase_worse_on_its_held_back_states(tiny_mo
         assert row.heldout_pay_after >= row.heldout_pay_before
         kept_earlier |= row.kept_epoch < row.epochs
     assert kept_earlier  # at this rate some epoch overshot and an earlier one was kept
+
+
+def test_gain_t_is_the_paired_t_statistic_of_the_held_back_gain():
+    start = torch.tensor([0.1, -0.2, 0.0, 0.3])
+    gain = torch.tensor([0.3, 0.1, 0.2, 0.4])
+    assert gain_t(start + gain, start) == pytest.approx(float(gain.mean() / (gain.std() / 2)), rel=1e-6)
+    assert gain_t(start - gain, start) == pytest.approx(-float(gain.mean() / (gain.std() / 2)), rel=1e-6)
+    assert gain_t(torch.full((3,), 0.5), torch.zeros(3)) == float("inf")  # a gain with no spread
+    assert gain_t(torch.tensor([1.0]), torch.tensor([2.0])) == float("-inf")
+
+
+def noise_return(prompt: str, day: int = 0) -> float:
+    """A return that has nothing to do with the prompt's word: there is nothing to learn."""
+    return 0.01 * (((day * 7919) % 13) - 6) / 6
+
+
+def test_significance_keeps_the_start_unless_the_held_back_gain_is_real(tiny_model_dir, tmp_path):
+    """On noise, some epoch beats the start on the held-back states by chance; with significance
+    the agent keeps its starting adapter all the same. On the planted rule the gain is real: it is
+    kept, and the held-out metric moves the right way."""
+    settings = {"holdout": 0.5, "epochs": 8, "micro_batch": 4}
+    free = make_trainer(tiny_model_dir, tmp_path / "free", significance=0.0, **settings)
+    chance = free.run_phase(1, 32, {0: decide(free, 0, 32, seed=1, returns=noise_return)}, seed=1)[0]
+    assert chance.kept_epoch > 0 and chance.heldout_t is not None and 0 < chance.heldout_t < 2.0
+
+    gated = make_trainer(tiny_model_dir, tmp_path / "gated", significance=2.0, **settings)
+    start = adapter(gated, 0)
+    row = gated.run_phase(1, 32, {0: decide(gated, 0, 32, seed=1, returns=noise_return)}, seed=1)[0]
+    assert row.heldout_t == pytest.approx(chance.heldout_t)  # the same training, then refused
+    assert row.kept_epoch == 0 and row.heldout_pay_after == pytest.approx(row.heldout_pay_before)
+    assert same(adapter(gated, 0), start)
+
+    planted = make_trainer(tiny_model_dir, tmp_path / "planted", significance=2.0, **settings)
+    gap_before, start = up_minus_down(planted, 0), adapter(planted, 0)
+    row = planted.run_phase(1, 32, {0: decide(planted, 0, 32, seed=1)}, seed=1)[0]
+    assert row.kept_epoch > 0 and row.heldout_t >= 2.0
+    assert not same(adapter(planted, 0), start)
+    assert up_minus_down(planted, 0) > gap_before + 1.0
 
 
 def _rows(trainer: Trainer, texts: list[str], pay: torch.Tensor) -> list[TrainRow]:

@@ -67,6 +67,7 @@ class PhaseRow:
     grad_norm: float | None           # mean over optimizer steps, before clipping
     heldout_pay_before: float | None  # mean exact expected standardised pay on the held-back states
     heldout_pay_after: float | None
+    heldout_t: float | None           # paired t of the best epoch's held-back gain over the start (None: no epoch beat it)
     belief_advantage_std: float | None  # spread of belief credit (beliefs_per_state > 1)
     reward_mean: float | None         # of the rewards paid on the samples
     reward_std: float | None
@@ -143,6 +144,7 @@ class Trainer:
                 loss=getattr(agent_stats, "loss", None), decision_kl=getattr(agent_stats, "decision_kl", None),
                 belief_kl=getattr(agent_stats, "belief_kl", None), grad_norm=getattr(agent_stats, "grad_norm", None),
                 heldout_pay_before=getattr(agent_stats, "heldout_before", None), heldout_pay_after=getattr(agent_stats, "heldout_after", None),
+                heldout_t=getattr(agent_stats, "heldout_t", None),
                 belief_advantage_std=getattr(agent_stats, "belief_advantage_std", None),
                 reward_mean=statistics.fmean(paid) if paid else None, reward_std=statistics.pstdev(paid) if paid else None,
                 seconds=seconds, adapter_path=str(path), adapter_version=phase,

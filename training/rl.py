@@ -23,12 +23,15 @@ teacher-forced pass (agents/scoring.py). So nothing about the decision needs to 
    that push is a random walk of the sign (a probe collapsed to all-short; docs/experiments.md).
 3. **Leash.** A k3 KL estimate from the belief tokens to the base model (`kl_coef`) keeps the
    beliefs the base model's kind of text; the decision's leash is the trust term of 1.
-4. **Early stopping.** A share of the phase's states is held back (`holdout`); after each epoch an
-   agent's exact expected pay on them, E_π[Q], is compared with the best so far: a higher one is
-   kept, an agent stops after three epochs in a row without one, and it keeps its best epoch. So
-   a phase never ends worse on its held-back states than it began. (Requiring a standard error
-   of gain kept the starting adapter in most phases: one epoch is 4 steps, and its gain on ~20
-   held-back states is rarely a standard error; docs/experiments.md.)
+4. **Early stopping, then a significance test.** A share of the phase's states is held back
+   (`holdout`); after each epoch an agent's exact expected pay on them, E_π[Q], is compared with
+   the best so far: a higher one is kept, and an agent stops after three epochs in a row without
+   one. At the end the best epoch is adopted only if its per-state gain over the starting adapter
+   on the held-back states is `significance` standard errors or more (a paired t); otherwise the
+   agent keeps the adapter it began the phase with. An agent that reads nothing but noise still
+   finds epochs that beat its start on a few held-back states by chance, and adopting them moved
+   its out-of-sample behaviour as much as learning moves a real signal's; a real gain grows with
+   the samples and passes the test in a later phase if not in this one (docs/experiments.md).
 
 All agents train at once: each micro-batch holds every agent's k-th micro-batch of states, one
 forward/backward over their rows (each row routed to its agent's adapter), then per-agent
@@ -84,6 +87,7 @@ class AgentStats:
     grad_norm: float | None      # mean before clipping
     heldout_before: float | None # mean E_π[Q] on the held-back states, before and after
     heldout_after: float | None
+    heldout_t: float | None      # paired t of the best epoch's held-back gain over the start (None: no epoch beat it)
     belief_advantage_std: float | None
 
 
@@ -200,6 +204,18 @@ def improves(now: torch.Tensor, best: torch.Tensor) -> bool:
     return bool((now - best).mean() > 0)
 
 
+def gain_t(now: torch.Tensor, start: torch.Tensor) -> float:
+    """The paired t statistic of the held-back per-state gain `now - start`: its mean over its
+    standard error. +inf for a gain with no spread, or one held-back state that gained (no spread
+    to measure); -inf for one that did not."""
+    gain = (now - start).double()
+    mean = float(gain.mean())
+    spread = float(gain.std()) if len(gain) > 1 else 0.0
+    if spread == 0.0:
+        return float("inf") if mean > 0 else float("-inf") if mean < 0 else 0.0
+    return mean / (spread / len(gain) ** 0.5)
+
+
 @dataclass
 class _Progress:
     """One agent's early-stopping state."""
@@ -207,8 +223,10 @@ class _Progress:
     best: torch.Tensor | None       # held-back per-state pay of the kept adapter
     kept_epoch: int
     snapshot: dict
+    start: dict                     # the adapter the phase began with
     misses: int = 0                 # epochs in a row without a kept improvement
     trained: int = 0
+    t: float | None = None          # gain_t of the best epoch over the start (before the significance test)
 
 
 def update_agents(trunk: Trunk, train: dict[int, list[list[TrainRow]]], heldout: list[TrainRow], config, *, agents: int, generators: dict[int, torch.Generator], chunk_rows: int) -> dict[int, AgentStats]:
@@ -225,7 +243,7 @@ def update_agents(trunk: Trunk, train: dict[int, list[list[TrainRow]]], heldout:
     optimizer = AgentAdam(adapters.parameters(), agents, config.learning_rate)
     learning = sorted(agent for agent, states in train.items() if states)
     before = heldout_pay(trunk, heldout, chunk_rows) if heldout else {}
-    progress = {agent: _Progress(before.get(agent), 0, adapters.agent_state(agent)) for agent in learning}
+    progress = {agent: _Progress(before.get(agent), 0, start, start) for agent in learning for start in [adapters.agent_state(agent)]}
     running = list(learning)
     logs: dict[int, dict[str, list[float]]] = {agent: {"loss": [], "decision_kl": [], "belief_kl": [], "grad_norm": []} for agent in learning}
     llm.model.train()
@@ -279,6 +297,10 @@ def update_agents(trunk: Trunk, train: dict[int, list[list[TrainRow]]], heldout:
     stats = {}
     for agent in learning:
         state, log = progress[agent], logs[agent]
+        if state.best is not None and state.kept_epoch > 0:
+            state.t = gain_t(state.best, before[agent])
+            if state.t < config.significance:  # not a gain the held-back states can tell from noise: keep the start
+                state.best, state.kept_epoch, state.snapshot = before[agent], 0, state.start
         if state.snapshot is not None and state.kept_epoch < state.trained:
             adapters.set_agent_state(agent, state.snapshot)
         advantages = [row.advantage for state_rows in train[agent] for row in state_rows if row.on_policy]
@@ -286,7 +308,7 @@ def update_agents(trunk: Trunk, train: dict[int, list[list[TrainRow]]], heldout:
             epochs=state.trained, kept_epoch=state.kept_epoch, loss=_mean(log["loss"]), decision_kl=_mean(log["decision_kl"]),
             belief_kl=_mean(log["belief_kl"]), grad_norm=_mean(log["grad_norm"]),
             heldout_before=float(before[agent].mean()) if agent in before else None,
-            heldout_after=float(state.best.mean()) if state.best is not None else None,
+            heldout_after=float(state.best.mean()) if state.best is not None else None, heldout_t=state.t,
             belief_advantage_std=float(torch.tensor(advantages).std()) if config.beliefs_per_state > 1 and len(advantages) > 1 else None,
         )
     return stats
