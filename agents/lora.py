@@ -128,6 +128,7 @@ class MultiLoRALinear(torch.nn.Module):
         device = base.weight.device
         self.lora_A = torch.nn.Parameter(torch.zeros((agents, spec.rank, base.in_features), device=device))
         self.lora_B = torch.nn.Parameter(torch.zeros((agents, base.out_features, spec.rank), device=device))
+        self._cast: tuple[tuple, torch.Tensor, torch.Tensor] | None = None  # (key, A, B) in the activations' dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
@@ -142,14 +143,26 @@ class MultiLoRALinear(torch.nn.Module):
             a = (selection @ self.lora_A.flatten(1)).view(len(routing.rows), *self.lora_A.shape[1:])
             b = (selection @ self.lora_B.flatten(1)).view(len(routing.rows), *self.lora_B.shape[1:])
             return self._plus_delta(y, x, a, b)  # rows without an adapter got zero matrices
+        stack_a, stack_b = self.inference_weights(x.dtype)
         if routing.span is not None:
             start, stop = routing.span
-            return self._plus_delta(y, x, self.lora_A[start:stop], self.lora_B[start:stop])
+            return self._plus_delta(y, x, stack_a[start:stop], stack_b[start:stop])
         if routing.all_active:
-            return self._plus_delta(y, x, self.lora_A[routing.rows], self.lora_B[routing.rows])
+            return self._plus_delta(y, x, stack_a[routing.rows], stack_b[routing.rows])
         where = routing.where
         agents = routing.rows[where]
-        return y.index_copy(0, where, self._plus_delta(y[where], x[where], self.lora_A[agents], self.lora_B[agents]))
+        return y.index_copy(0, where, self._plus_delta(y[where], x[where], stack_a[agents], stack_b[agents]))
+
+    def inference_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stacked A and B in `dtype`, for passes without gradients: cast once and reused until
+        either tensor is written (an optimizer step, a load or a reset advances its version
+        counter), instead of once per call, per layer, per decoded token."""
+        if self.lora_A.dtype == dtype:
+            return self.lora_A, self.lora_B
+        key = (dtype, self.lora_A._version, self.lora_B._version)
+        if self._cast is None or self._cast[0] != key:
+            self._cast = (key, self.lora_A.detach().to(dtype), self.lora_B.detach().to(dtype))
+        return self._cast[1], self._cast[2]
 
     def _plus_delta(self, y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """y + scaling * B A x per row, as one fused `baddbmm` onto y (no separate pass to scale

@@ -195,9 +195,9 @@ def train(llm: LLM, trainer: Trainer, market: Market, arms, dates: list[pd.Times
         completions = llm.generate([market.prompt(date, arms[agent][1]) for agent, date in requests], [settings.temperature] * len(requests),
                                    [agent for agent, _ in requests], belief_tokens=settings.belief_tokens, batch_size=settings.batch_size,
                                    seed=child_seed(seed, "act", phase), exact=False)
-        for step, ((agent, date), completion) in enumerate(zip(requests, completions)):
-            history[agent].append(sample_from_completion(
-                completion, agent_id=agent, step=phase * settings.states + step, realised_return=market.next_return(date),
+        for (agent, date), completion in zip(requests, completions):
+            history[agent].append(sample_from_completion(  # step = the date's place in time: a phase holds back the latest dates
+                completion, agent_id=agent, step=dates.index(date), realised_return=market.next_return(date),
                 reward=reward(settings.reward, market.next_return(date), completion.decision_depth, risk_preference=PERSONA.risk_preference,
                               risk_aversion=settings.risk_aversion, recent_variance=float(market.variance.loc[date])),
                 temperature=settings.temperature, risk_preference=PERSONA.risk_preference, recent_variance=float(market.variance.loc[date]),

@@ -177,3 +177,27 @@ def test_identity_adapters_are_skipped_without_gradients_until_their_B_changes(t
     assert not torch.allclose(adapted[1], base[1])
     llm.adapters.reset(1)
     assert llm.adapters.identity().tolist() == [True, True, True]
+
+
+def test_a_bf16_models_adapters_are_cast_once_and_again_after_every_write(tiny_model_dir):
+    """Without gradients a bf16 model reads a bf16 copy of the fp32 stacks, cast once per change
+    of the weights (not per layer and token); writing a B is seen at once."""
+    llm = LLM.load(str(tiny_model_dir), device="cpu", dtype="bfloat16")
+    llm.attach_adapters(3, SPEC)
+    _randomise(llm)
+    encoded = _ids(llm)
+    layer = next(iter(llm.adapters.layers.values()))
+
+    def logits(grad: bool) -> torch.Tensor:
+        with torch.set_grad_enabled(grad), llm.route([0, 1, 2]):
+            return llm.model(**encoded).logits.detach()
+
+    first = logits(False)
+    cast = layer.inference_weights(torch.bfloat16)
+    assert cast[0].dtype == torch.bfloat16 and cast[0] is layer.inference_weights(torch.bfloat16)[0]  # cached
+    assert torch.equal(first, logits(True))  # the gradient path casts afresh: the same numbers
+    with torch.no_grad():
+        layer.lora_B.mul_(3.0)
+    assert layer.inference_weights(torch.bfloat16)[0] is not cast[0]
+    second = logits(False)
+    assert not torch.equal(first, second) and torch.equal(second, logits(True))

@@ -166,7 +166,7 @@ def test_early_stopping_never_ends_a_phase_worse_on_its_held_back_states(tiny_mo
     for phase in (1, 2):
         samples = {0: decide(trainer, 0, 12, seed=phase, version=phase - 1)}
         states = trainer._states(phase, samples, seed=phase)
-        _, heldout = trainer._split(states, seed=phase)
+        _, heldout = trainer._split(states, {0: [sample.step for sample in samples[0]]})
         row = trainer.run_phase(phase, phase, samples, seed=phase)[0]
         # the adapter the phase kept, measured again on the same held-back states
         trunk = Trunk(trainer.llm, 0)
@@ -214,6 +214,19 @@ def test_significance_keeps_the_start_unless_the_held_back_gain_is_real(tiny_mod
     assert row.kept_epoch > 0 and row.heldout_t >= 2.0
     assert not same(adapter(planted, 0), start)
     assert up_minus_down(planted, 0) > gap_before + 1.0
+
+
+def test_the_held_back_states_are_the_latest_and_a_step_is_never_split(tiny_model_dir, tmp_path):
+    trainer = make_trainer(tiny_model_dir, tmp_path, holdout=0.25)
+    samples = decide(trainer, 0, 8, seed=1)
+    # eight states on steps 3, 1, 4, 1, 5, 9, 2, 9 (two assets on steps 1 and 9), listed out of order
+    steps = [3, 1, 4, 1, 5, 9, 2, 9]
+    states = trainer._states(1, {0: samples}, seed=1)
+    train, heldout = trainer._split(states, {0: steps})
+    assert {row.state for row in heldout} == {5, 7}  # both states of step 9, the latest
+    assert sorted(row.state for state in train[0] for row in state) == [0, 1, 2, 3, 4, 6]
+    _, heldout = trainer._split(states, {0: [3, 1, 4, 1, 5, 9, 2, 5]})  # 2 to hold back; step 5 has two states
+    assert {row.state for row in heldout} == {4, 5, 7}  # steps 9 and 5, whole
 
 
 def _rows(trainer: Trainer, texts: list[str], pay: torch.Tensor) -> list[TrainRow]:

@@ -44,7 +44,7 @@ class TrainingConfig(Section):
     belief_coef: float = Field(1.0, ge=0.0, le=100.0, description="Weight of the belief-credit loss against the decision loss (beliefs_per_state > 1).")
     kl_coef: float = Field(1.0, ge=0.0, le=100.0, description="Weight of the KL leash from the belief tokens to the base model (k3 estimate per token).")
     clip_epsilon: float = Field(0.2, gt=0.0, lt=1.0, description="PPO-style clip of the belief tokens' probability ratio (acts from the second epoch on).")
-    holdout: float = Field(0.25, ge=0.0, lt=1.0, description="Share of a phase's states held back: after each epoch an agent's expected pay on them decides whether it trains on (an epoch counts if its pay beats the best so far); it keeps its best epoch. 0 = no early stopping.")
+    holdout: float = Field(0.25, ge=0.0, lt=1.0, description="Share of a phase's states held back, the latest ones (by step): after each epoch an agent's expected pay on them decides whether it trains on (an epoch counts if its pay beats the best so far), and its best epoch must pass `significance` on them to be kept. 0 = no early stopping and no test.")
     significance: float = Field(1.5, ge=0.0, le=10.0, description="Standard errors by which the best epoch's held-back pay must beat the starting adapter's (a paired t over the held-back states) for the phase's update to be kept; below it the agent keeps the adapter it started with. 0 = any gain.")
     epochs: int = Field(3, ge=1, le=100, description="Most passes over a phase's states (early stopping may end an agent sooner).")
     micro_batch: int = Field(16, ge=1, le=1024, description="States per agent per optimizer step (with all their beliefs); their returns are measured against their own mean.")

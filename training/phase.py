@@ -122,7 +122,7 @@ class Trainer:
         devices = [self.llm.device] if self.llm.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             states = self._states(phase, chosen, seed)
-            train, heldout = self._split(states, seed)
+            train, heldout = self._split(states, {agent: [sample.step for sample in picked] for agent, picked in chosen.items()})
             rows = [row for agent_states in states.values() for state in agent_states for row in state]
             trunk = Trunk(self.llm, self.first_adapted_layer)
             chunk_rows = self._chunk_rows(rows)
@@ -190,13 +190,21 @@ class Trainer:
         tokens = sum(packed_tokens(self.llm, row.prompt_ids, row.belief_ids, row.marker_ids) for row in rows) / len(rows)
         return max(1, min(self.batch_size, int(CPU_CHUNK_TOKENS // tokens)))
 
-    def _split(self, states: dict[int, list[list[TrainRow]]], seed: int) -> tuple[dict[int, list[list[TrainRow]]], list[TrainRow]]:
-        """Hold back `holdout` of each agent's states (a seeded draw), the rest to train on."""
+    def _split(self, states: dict[int, list[list[TrainRow]]], steps: dict[int, list[int]]) -> tuple[dict[int, list[list[TrainRow]]], list[TrainRow]]:
+        """Hold back each agent's latest states (by step), at least `holdout` of them, the rest to
+        train on; `steps[agent]` is the step of each of its states. The split is in time, never
+        inside one step (its assets stay together): an update is adopted only if it pays on days
+        after those it learned from. A random split would let a policy that tells nearby days apart
+        (by the price level, say) pass on held-back days that sit between its training days, and
+        such a policy has nothing to say about the days the market brings next."""
         train, heldout = {}, []
         for agent_id, agent_states in states.items():
+            order = steps[agent_id]
             count = int(len(agent_states) * self.config.holdout)
-            order = torch.randperm(len(agent_states), generator=torch.Generator().manual_seed(child_seed(seed, "holdout", agent_id))).tolist()
-            held = set(order[:count])
+            cutoff = sorted(order)[len(order) - count] if count else None  # the earliest held-back step
+            held = {index for index, step in enumerate(order) if cutoff is not None and step >= cutoff}
+            if len(held) == len(agent_states) > 1:  # every state on one step: hold back the last ones as listed
+                held = set(range(len(agent_states) - count, len(agent_states)))
             train[agent_id] = [state for index, state in enumerate(agent_states) if index not in held]
             heldout += [row for index, state in enumerate(agent_states) if index in held for row in state]
         return train, heldout

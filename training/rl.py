@@ -24,7 +24,7 @@ teacher-forced pass (agents/scoring.py). So nothing about the decision needs to 
 3. **Leash.** A k3 KL estimate from the belief tokens to the base model (`kl_coef`) keeps the
    beliefs the base model's kind of text; the decision's leash is the trust term of 1.
 4. **Early stopping, then a significance test.** A share of the phase's states is held back
-   (`holdout`); after each epoch an agent's exact expected pay on them, E_π[Q], is compared with
+   (`holdout`: the latest ones, training/phase.py); after each epoch an agent's exact expected pay on them, E_π[Q], is compared with
    the best so far: a higher one is kept, and an agent stops after three epochs in a row without
    one. At the end the best epoch is adopted only if its per-state gain over the starting adapter
    on the held-back states is `significance` standard errors or more (a paired t); otherwise the
