@@ -93,7 +93,7 @@ SECTIONS = {
 
 TRAINING_SQL = """
 SELECT phase, min(step) AS step, count(*) AS agents, sum(samples) AS samples,
-       avg(epochs) AS epochs, avg(kept_epoch) AS kept_epoch,
+       avg(epochs) AS epochs, avg(kept_epoch) AS kept_epoch, count(*) FILTER (WHERE kept_epoch > 0) AS adopted,
        avg(heldout_pay_before) AS heldout_pay_before, avg(heldout_pay_after) AS heldout_pay_after,
        avg(decision_kl) AS decision_kl, avg(belief_kl) AS belief_kl,
        avg(belief_text_share) AS belief_text_share, avg(reward_mean) AS reward_mean, sum(seconds) AS seconds

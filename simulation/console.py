@@ -165,10 +165,10 @@ class LiveConsole:
     def learning_panel(self) -> Panel:
         history = self.history
         table = Table(expand=True)
-        for column in ("agent", "samples", "epochs (kept)", "held-back pay", "decision KL", "belief KL", "text share", "s"):
+        for column in ("agent", "samples", "epochs (kept)", "held-back pay", "t", "decision KL", "belief KL", "text share", "s"):
             table.add_column(column, justify="right")
         for agent_id, row in sorted(history.phase_rows.items()):
-            table.add_row(str(agent_id), str(row.samples), f"{row.epochs} ({row.kept_epoch})", _change(row.heldout_pay_before, row.heldout_pay_after),
+            table.add_row(str(agent_id), str(row.samples), f"{row.epochs} ({row.kept_epoch})", _change(row.heldout_pay_before, row.heldout_pay_after), _t(row.heldout_t),
                           _fmt(row.decision_kl), _fmt(row.belief_kl), _fmt(row.belief_text_share), f"{row.seconds:.1f}")
         aed = "   ".join(f"phase {p}: decision {d:.3f}" + (f", belief {b:.3f}" if b is not None else "") for p, d, b in history.aed)
         title = f"training phase {history.phase}" if history.phase is not None else "learning"
@@ -177,6 +177,11 @@ class LiveConsole:
 
 def _fmt(value) -> str:
     return "-" if value is None else f"{value:.4f}"
+
+
+def _t(value) -> str:
+    """A phase's held-back t statistic (None: no epoch beat the start)."""
+    return "-" if value is None else f"{value:+.2f}"
 
 
 def _change(before, after) -> str:
@@ -222,7 +227,7 @@ class PlainConsole:
 
     def on_phase_agent(self, phase: int, row) -> None:
         self.print(f"  phase {phase} agent {row.agent_id}: samples {row.samples} epochs {row.epochs} (kept {row.kept_epoch}) "
-                   f"held-back pay {_change(row.heldout_pay_before, row.heldout_pay_after)} decision KL {_fmt(row.decision_kl)} "
+                   f"held-back pay {_change(row.heldout_pay_before, row.heldout_pay_after)} t {_t(row.heldout_t)} decision KL {_fmt(row.decision_kl)} "
                    f"belief KL {_fmt(row.belief_kl)} text share {_fmt(row.belief_text_share)} {row.seconds:.1f} s")
 
     def on_phase_done(self, phase: int, rows: list) -> None:
