@@ -10,17 +10,19 @@ gather and two batched matmuls whatever the number of agents (the S-LoRA / Punic
 
 Rows without an adapter (the base model, the KL reference, an untrained baseline) are left out
 of the LoRA term, so they cost nothing extra; without gradients so are the rows of an agent whose
-adapter is still the identity (every B zero: fresh, or reset), whose LoRA term is exactly 0. Rows that are a contiguous run of agents in order
-(a simulation step's batch) read a slice of the stack, so nothing is gathered or copied. When
-gradients are on, the gather is a one-hot matmul: its backward is a matmul too, which sums the
-rows of one agent in a fixed order (the backward of `index_select` is an `index_add` that is not
-reproducible on a CPU).
+adapter is still the identity (every B zero: fresh, or reset), whose LoRA term is exactly 0.
+Rows that are a contiguous run of agents in order (a simulation step's batch) read a slice of the
+stack, so nothing is gathered or copied. When gradients are on, the gather is a one-hot matmul:
+its backward is a matmul too, which sums the rows of one agent in a fixed order (the backward of
+`index_select` is an `index_add` that is not reproducible on a CPU).
 
 Adapters are kept in float32 whatever the model's dtype: the optimizer updates float32 masters,
-and the LoRA term is computed in the activations' dtype (bf16 on CUDA, with fp32 accumulation in
-the matmul). A fresh adapter is LoRA's usual start, A uniform(+-1/sqrt(in)) and B = 0, so it
-leaves the model's outputs exactly as the base model's; A is drawn from a generator seeded by
-the agent id, so a fresh adapter is the same in every run.
+and the LoRA term is computed in the activations' dtype (bf16 on CUDA and on CPUs with AMX, with
+fp32 accumulation in the matmul). Without gradients a bf16 model reads a bf16 copy of the stacks,
+cast once after each write to them rather than on every forward. A fresh adapter is LoRA's usual
+start, A uniform(+-1/sqrt(in)) and B = 0, so it leaves the model's outputs exactly as the base
+model's; A is drawn from a generator seeded by the agent id, so a fresh adapter is the same in
+every run.
 
 The exchange format stays PEFT's: `save_agent` writes one agent as a standard PEFT folder
 (`adapter_config.json` + `adapter_model.safetensors`), which `PeftModel.from_pretrained` and

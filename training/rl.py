@@ -24,14 +24,15 @@ teacher-forced pass (agents/scoring.py). So nothing about the decision needs to 
 3. **Leash.** A k3 KL estimate from the belief tokens to the base model (`kl_coef`) keeps the
    beliefs the base model's kind of text; the decision's leash is the trust term of 1.
 4. **Early stopping, then a significance test.** A share of the phase's states is held back
-   (`holdout`: the latest ones, training/phase.py); after each epoch an agent's exact expected pay on them, E_π[Q], is compared with
-   the best so far: a higher one is kept, and an agent stops after three epochs in a row without
-   one. At the end the best epoch is adopted only if its per-state gain over the starting adapter
-   on the held-back states is `significance` standard errors or more (a paired t); otherwise the
-   agent keeps the adapter it began the phase with. An agent that reads nothing but noise still
-   finds epochs that beat its start on a few held-back states by chance, and adopting them moved
-   its out-of-sample behaviour as much as learning moves a real signal's; a real gain grows with
-   the samples and passes the test in a later phase if not in this one (docs/experiments.md).
+   (`holdout`: each agent's latest states, training/phase.py). After each epoch an agent's exact
+   expected pay on them, E_π[Q], is compared with the best so far: a higher one is kept, and an
+   agent stops after three epochs in a row without one. At the end the best epoch is adopted only
+   if its per-state gain over the starting adapter on the held-back states is `significance`
+   standard errors or more (a paired t); otherwise the agent keeps the adapter it began the phase
+   with. An agent that reads nothing but noise still finds epochs that beat its start on a few
+   held-back states by chance, and adopting them moved its out-of-sample behaviour as much as
+   learning moves a real signal's; a real gain grows with the samples and passes the test in a
+   later phase if not in this one (docs/experiments.md).
 
 All agents train at once: each micro-batch holds every agent's k-th micro-batch of states, one
 forward/backward over their rows (each row routed to its agent's adapter), then per-agent
