@@ -202,7 +202,7 @@ def main() -> None:
     parser.add_argument("--agents", type=int, nargs="+", default=[8, 32, 100], help="agent counts for deliberation")
     parser.add_argument("--phase-agents", type=int, nargs="+", default=[8, 32], help="agent counts for the phase cost")
     parser.add_argument("--samples", type=int, default=8, help="samples per agent in the phase")
-    parser.add_argument("--belief-tokens", type=int, default=16, help="most belief tokens (the base scenario's 16)")
+    parser.add_argument("--belief-tokens", type=int, default=16, help="most belief tokens (16, as in every earlier result file; the base scenario writes 12)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3, help="timed deliberations per way and agent count (the median is reported)")
     parser.add_argument("--skip-peft", action="store_true", help="leave PEFT's mixed batch out (it is slow at many agents)")
