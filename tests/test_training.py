@@ -184,7 +184,8 @@ def test_gain_t_is_the_paired_t_statistic_of_the_held_back_gain():
     assert gain_t(start + gain, start) == pytest.approx(float(gain.mean() / (gain.std() / 2)), rel=1e-6)
     assert gain_t(start - gain, start) == pytest.approx(-float(gain.mean() / (gain.std() / 2)), rel=1e-6)
     assert gain_t(torch.full((3,), 0.5), torch.zeros(3)) == float("inf")  # a gain with no spread
-    assert gain_t(torch.tensor([1.0]), torch.tensor([2.0])) == float("-inf")
+    assert gain_t(torch.tensor([1.0, 1.0]), torch.tensor([2.0, 2.0])) == float("-inf")
+    assert gain_t(torch.tensor([1.0]), torch.tensor([0.5])) is None  # one state: no standard error
 
 
 def noise_return(prompt: str, day: int = 0) -> float:
@@ -214,6 +215,23 @@ def test_significance_keeps_the_start_unless_the_held_back_gain_is_real(tiny_mod
     assert row.kept_epoch > 0 and row.heldout_t >= 2.0
     assert not same(adapter(planted, 0), start)
     assert up_minus_down(planted, 0) > gap_before + 1.0
+
+
+def test_a_single_held_back_state_cannot_pass_the_significance_test(tiny_model_dir, tmp_path):
+    """One held-back state has no standard error: its gain is no evidence, so a phase that holds
+    back one state keeps the start, unless significance is 0 (then the best epoch is adopted)."""
+    settings = {"holdout": 0.125, "epochs": 4, "micro_batch": 4}  # 8 states on 8 steps: 1 held back
+    free = make_trainer(tiny_model_dir, tmp_path / "free", significance=0.0, **settings)
+    start = adapter(free, 0)
+    row = free.run_phase(1, 8, {0: decide(free, 0, 8, seed=1)}, seed=1)[0]
+    assert row.kept_epoch > 0 and row.heldout_t is None and row.heldout_pay_after > row.heldout_pay_before
+    assert not same(adapter(free, 0), start)
+
+    gated = make_trainer(tiny_model_dir, tmp_path / "gated", significance=1.5, **settings)
+    start = adapter(gated, 0)
+    row = gated.run_phase(1, 8, {0: decide(gated, 0, 8, seed=1)}, seed=1)[0]
+    assert row.kept_epoch == 0 and row.heldout_t is None
+    assert same(adapter(gated, 0), start)
 
 
 def test_the_held_back_states_are_the_latest_and_a_step_is_never_split(tiny_model_dir, tmp_path):

@@ -205,13 +205,15 @@ def improves(now: torch.Tensor, best: torch.Tensor) -> bool:
     return bool((now - best).mean() > 0)
 
 
-def gain_t(now: torch.Tensor, start: torch.Tensor) -> float:
+def gain_t(now: torch.Tensor, start: torch.Tensor) -> float | None:
     """The paired t statistic of the held-back per-state gain `now - start`: its mean over its
-    standard error. +inf for a gain with no spread, or one held-back state that gained (no spread
-    to measure); -inf for one that did not."""
+    standard error. +inf for a gain with no spread over two or more states, -inf for a loss with
+    none; None for a single held-back state, which has no standard error."""
     gain = (now - start).double()
+    if len(gain) < 2:
+        return None
     mean = float(gain.mean())
-    spread = float(gain.std()) if len(gain) > 1 else 0.0
+    spread = float(gain.std())
     if spread == 0.0:
         return float("inf") if mean > 0 else float("-inf") if mean < 0 else 0.0
     return mean / (spread / len(gain) ** 0.5)
@@ -300,7 +302,8 @@ def update_agents(trunk: Trunk, train: dict[int, list[list[TrainRow]]], heldout:
         state, log = progress[agent], logs[agent]
         if state.best is not None and state.kept_epoch > 0:
             state.t = gain_t(state.best, before[agent])
-            if state.t < config.significance:  # not a gain the held-back states can tell from noise: keep the start
+            if config.significance > 0 and (state.t is None or state.t < config.significance):
+                # not a gain the held-back states can tell from noise (or too few of them to tell): keep the start
                 state.best, state.kept_epoch, state.snapshot = before[agent], 0, state.start
         if state.snapshot is not None and state.kept_epoch < state.trained:
             adapters.set_agent_state(agent, state.snapshot)
