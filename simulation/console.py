@@ -180,7 +180,7 @@ def _fmt(value) -> str:
 
 
 def _t(value) -> str:
-    """A phase's held-back t statistic (None: no epoch beat the start)."""
+    """A phase's held-back t statistic (None: no epoch beat the start, or one state was held back)."""
     return "-" if value is None else f"{value:+.2f}"
 
 

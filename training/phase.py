@@ -199,10 +199,10 @@ class Trainer:
         such a policy has nothing to say about the days the market brings next."""
         train, heldout = {}, []
         for agent_id, agent_states in states.items():
-            order = steps[agent_id]
+            agent_steps = steps[agent_id]
             count = int(len(agent_states) * self.config.holdout)
-            cutoff = sorted(order)[len(order) - count] if count else None  # the earliest held-back step
-            held = {index for index, step in enumerate(order) if cutoff is not None and step >= cutoff}
+            cutoff = sorted(agent_steps)[len(agent_steps) - count] if count else None  # the earliest held-back step
+            held = {index for index, step in enumerate(agent_steps) if cutoff is not None and step >= cutoff}
             if len(held) == len(agent_states) > 1:  # every state on one step: hold back the last ones as listed
                 held = set(range(len(agent_states) - count, len(agent_states)))
             train[agent_id] = [state for index, state in enumerate(agent_states) if index not in held]
