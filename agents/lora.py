@@ -19,7 +19,12 @@ its backward is a matmul too, which sums the rows of one agent in a fixed order 
 Adapters are kept in float32 whatever the model's dtype: the optimizer updates float32 masters,
 and the LoRA term is computed in the activations' dtype (bf16 on CUDA and on CPUs with AMX, with
 fp32 accumulation in the matmul). Without gradients a bf16 model reads a bf16 copy of the stacks,
-cast once after each write to them rather than on every forward. A fresh adapter is LoRA's usual
+cast once after each write to them rather than on every forward. One exception: a decoding step
+(one token per row) on a CPU computes the LoRA term in float32 from the masters, rounding the sum
+into the bf16 output once. There a bf16 batched matmul of one row per agent costs about twice a
+float32 one (32 rows, 576 -> 576: 101 against 54 microseconds with the add, about 2.5 times the
+base layer's own matmul), while from a few tokens per row on bf16 is the faster (docs/benchmarks.md,
+"Agents at scale"). A fresh adapter is LoRA's usual
 start, A uniform(+-1/sqrt(in)) and B = 0, so it leaves the model's outputs exactly as the base
 model's; A is drawn from a generator seeded by the agent id, so a fresh adapter is the same in
 every run.
@@ -144,8 +149,11 @@ class MultiLoRALinear(torch.nn.Module):
             selection = routing.selection
             a = (selection @ self.lora_A.flatten(1)).view(len(routing.rows), *self.lora_A.shape[1:])
             b = (selection @ self.lora_B.flatten(1)).view(len(routing.rows), *self.lora_B.shape[1:])
-            return self._plus_delta(y, x, a, b)  # rows without an adapter got zero matrices
-        stack_a, stack_b = self.inference_weights(x.dtype)
+            return self._plus_delta(y, x, a.to(x.dtype), b.to(x.dtype))  # rows without an adapter got zero matrices
+        if x.shape[-2] == 1 and x.device.type == "cpu":
+            stack_a, stack_b = self.lora_A, self.lora_B  # one token per row: float32 is faster here (see the docstring)
+        else:
+            stack_a, stack_b = self.inference_weights(x.dtype)
         if routing.span is not None:
             start, stop = routing.span
             return self._plus_delta(y, x, stack_a[start:stop], stack_b[start:stop])
@@ -169,8 +177,12 @@ class MultiLoRALinear(torch.nn.Module):
     def _plus_delta(self, y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """y + scaling * B A x per row, as one fused `baddbmm` onto y (no separate pass to scale
         the product or to add it): y [rows, tokens, out], x [rows, tokens, in], a [rows, r, in],
-        b [rows, out, r]. The LoRA matrices are cast to the activations' dtype."""
-        return torch.baddbmm(y, x @ a.to(x.dtype).transpose(1, 2), b.to(x.dtype).transpose(1, 2), alpha=self.scaling)
+        b [rows, out, r]. The math is done in the LoRA matrices' dtype; where that is not the
+        activations' (float32 masters on a bf16 model), y and x are cast up and the sum is rounded
+        back once."""
+        if a.dtype == x.dtype:
+            return torch.baddbmm(y, x @ a.transpose(1, 2), b.transpose(1, 2), alpha=self.scaling)
+        return torch.baddbmm(y.to(a.dtype), x.to(a.dtype) @ a.transpose(1, 2), b.transpose(1, 2), alpha=self.scaling).to(y.dtype)
 
 
 class StackedAdapters:

@@ -201,3 +201,22 @@ def test_a_bf16_models_adapters_are_cast_once_and_again_after_every_write(tiny_m
     assert layer.inference_weights(torch.bfloat16)[0] is not cast[0]
     second = logits(False)
     assert not torch.equal(first, second) and torch.equal(second, logits(True))
+
+
+def test_a_bf16_models_one_token_steps_on_a_cpu_add_the_lora_term_in_float32(tiny_model_dir):
+    """A decoding step (one token per row) of a bf16 model on a CPU computes the LoRA term from
+    the float32 masters and rounds the sum into bf16 once; a step of several tokens per row uses
+    the bf16 copy. Both are the same adapter, so they agree to bf16 rounding."""
+    llm = LLM.load(str(tiny_model_dir), device="cpu", dtype="bfloat16")
+    llm.attach_adapters(3, SPEC)
+    _randomise(llm)
+    layer = next(iter(llm.adapters.layers.values()))
+    x = torch.randn((3, 1, layer.base.in_features), generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    with torch.no_grad(), llm.route([2, 0, 1]):
+        step = layer(x)
+        several = layer(x.expand(3, 4, -1))[:, :1]
+    a, b = layer.lora_A[[2, 0, 1]].detach(), layer.lora_B[[2, 0, 1]].detach()
+    in_float32 = (layer.base(x).float() + layer.scaling * (x.float() @ a.transpose(1, 2)) @ b.transpose(1, 2)).to(torch.bfloat16)
+    assert step.dtype == torch.bfloat16 and torch.equal(step, in_float32)
+    assert not torch.equal(several, in_float32)  # the bf16 path rounds x A to bf16 first
+    torch.testing.assert_close(several.float(), step.float(), rtol=0.05, atol=0.05)
