@@ -21,10 +21,9 @@ and the LoRA term is computed in the activations' dtype (bf16 on CUDA and on CPU
 fp32 accumulation in the matmul). Without gradients a bf16 model reads a bf16 copy of the stacks,
 cast once after each write to them rather than on every forward. One exception: a decoding step
 (one token per row) on a CPU computes the LoRA term in float32 from the masters, rounding the sum
-into the bf16 output once. There a bf16 batched matmul of one row per agent costs about twice a
-float32 one (32 rows, 576 -> 576: 101 against 54 microseconds with the add, about 2.5 times the
-base layer's own matmul), while from a few tokens per row on bf16 is the faster (docs/benchmarks.md,
-"Agents at scale"). A fresh adapter is LoRA's usual
+into the bf16 output once: there a bf16 batched matmul of one row per agent is about twice as slow
+as a float32 one, while from a few tokens per row on bf16 is the faster (the figures are in
+docs/benchmarks.md, "Agents at scale"). A fresh adapter is LoRA's usual
 start, A uniform(+-1/sqrt(in)) and B = 0, so it leaves the model's outputs exactly as the base
 model's; A is drawn from a generator seeded by the agent id, so a fresh adapter is the same in
 every run.
