@@ -50,17 +50,25 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, size: int = 2048, repe
     a, b = torch.randn(size, size, dtype=dtype, device=device), torch.randn(size, size, dtype=dtype, device=device)
     for _ in range(3):
         a @ b
-    _sync(device)
+    synchronise(device)
     started = time.perf_counter()
     for _ in range(repeats):
         a @ b
-    _sync(device)
+    synchronise(device)
     return 2 * size**3 * repeats / (time.perf_counter() - started) / 1e9
 
 
-def _sync(device: torch.device) -> None:
+def synchronise(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model a speed benchmark loads (`load`): --model, --random-config, --device, --dtype."""
+    parser.add_argument("--model", default="packaged", help="model path as in [model] path")
+    parser.add_argument("--random-config", choices=["qwen2.5-1.5b"], help="a random-weight model of that size instead (no download)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
 
 
 def load(args) -> LLM:
@@ -86,7 +94,7 @@ def prompts(llm: LLM, count: int, seed: int) -> list[str]:
     return [market.prompt(date, ARMS["treated" if index % 2 else "control"]) for index, date in enumerate(market.dates[:count])]
 
 
-def _randomise(llm: LLM, seed: int) -> None:
+def randomise_adapters(llm: LLM, seed: int) -> None:
     generator = torch.Generator().manual_seed(child_seed(seed, "adapters"))
     with torch.no_grad():
         for param in llm.adapters.parameters():
@@ -124,10 +132,10 @@ def peft_mixed(llm: LLM, agents: int, spec: LoraSpec, seed: int):
 
 
 def deliberate(llm: LLM, texts: list[str], agents: list[int] | None, belief_tokens: int, batch_size: int, dense: int, seed: int) -> dict:
-    _sync(llm.device)
+    synchronise(llm.device)
     started = time.perf_counter()
     completions = llm.generate(texts, [1.0] * len(texts), agents, belief_tokens=belief_tokens, batch_size=batch_size, seed=child_seed(seed, "deliberate"))
-    _sync(llm.device)
+    synchronise(llm.device)
     seconds = time.perf_counter() - started
     prompt_tokens = sum(len(c.prompt_ids) for c in completions)
     generated = sum(len(c.completion_ids) for c in completions)
@@ -172,14 +180,14 @@ def phase_cost(llm: LLM, agents: int, samples_per_agent: int, config: TrainingCo
             realised = market.next_return(market.dates[day])
             samples[agent].append(sample_from_completion(completion, agent_id=agent, step=day, realised_return=realised, reward=reward("linear", realised, completion.decision_depth),
                                                          temperature=1.0, risk_preference=0.5, recent_variance=1e-4))
-        _sync(llm.device)
+        synchronise(llm.device)
         started = time.perf_counter()
         if joint:
             trainer.run_phase(1, samples_per_agent, samples, seed=child_seed(seed, "phase"))
         else:
             for agent in range(agents):
                 trainer.run_phase(1, samples_per_agent, {agent: samples[agent]}, seed=child_seed(seed, "phase"))
-        _sync(llm.device)
+        synchronise(llm.device)
         seconds = time.perf_counter() - started
         flops = phase_flops(llm, rows, config, dense)
     llm.detach_adapters()
@@ -195,10 +203,7 @@ def _median(runs: list[dict]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="packaged", help="model path as in [model] path")
-    parser.add_argument("--random-config", choices=["qwen2.5-1.5b"], help="a random-weight model of that size instead (no download)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto")
+    add_model_arguments(parser)
     parser.add_argument("--agents", type=int, nargs="+", default=[8, 32, 100], help="agent counts for deliberation")
     parser.add_argument("--phase-agents", type=int, nargs="+", default=[8, 32], help="agent counts for the phase cost")
     parser.add_argument("--samples", type=int, default=8, help="samples per agent in the phase")
@@ -245,7 +250,7 @@ def main() -> None:
                     timed.setdefault("peft_mixed", []).append(deliberate(llm, texts, list(range(count)), args.belief_tokens, args.batch_size, dense, args.seed))
                 llm.model = base_model
             llm.attach_adapters(count, spec)
-            _randomise(llm, args.seed)
+            randomise_adapters(llm, args.seed)
             timed.setdefault("stacked", []).append(deliberate(llm, texts, list(range(count)), args.belief_tokens, args.batch_size, dense, args.seed))
             llm.detach_adapters()
         rows = {name: _median(runs) for name, runs in timed.items()}

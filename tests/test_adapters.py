@@ -220,3 +220,24 @@ def test_a_bf16_models_one_token_steps_on_a_cpu_add_the_lora_term_in_float32(tin
     assert step.dtype == torch.bfloat16 and torch.equal(step, in_float32)
     assert not torch.equal(several, in_float32)  # the bf16 path rounds x A to bf16 first
     torch.testing.assert_close(several.float(), step.float(), rtol=0.05, atol=0.05)
+
+
+def test_the_adapter_passes_benchmark_times_real_decoding_steps_of_the_stacked_adapters(tiny_model_dir):
+    """benchmarks/adapter_passes.py: its decoding steps on the prompts' cache give what one pass
+    over the prompts and the fed tokens gives, under each row's adapter."""
+    from benchmarks.adapter_passes import passes
+
+    llm = _llm(tiny_model_dir, agents=3)
+    _randomise(llm)
+    texts = [llm.chat_prompt("You are an investor.", "Day " + "x " * day + "?") for day in range(3)]  # unequal lengths: left padding
+    timed = passes(llm, texts, [2, 0, 1], steps=2, keep_hidden=True)
+    encoded = llm.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    token = encoded.input_ids[0, -1]
+    ids = torch.cat([encoded.input_ids, torch.full((3, 2), int(token))], dim=1)
+    mask = torch.cat([encoded.attention_mask, torch.ones((3, 2), dtype=torch.long)], dim=1)
+    with torch.no_grad():
+        whole, _ = llm.run(ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), rows=[2, 0, 1])
+        base, _ = llm.run(ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), rows=None)
+    assert torch.allclose(timed["hidden"][:, -1], whole[:, -1], atol=1e-4)
+    assert not torch.allclose(whole[:, -1], base[:, -1], atol=1e-3)  # the adapters did act
+    assert timed["prompt_tokens"] == int(encoded.attention_mask.sum()) and timed["prompt_pass_s"] > 0 and timed["decoding_step_s"] > 0
