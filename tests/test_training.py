@@ -217,6 +217,26 @@ def test_significance_keeps_the_start_unless_the_held_back_gain_is_real(tiny_mod
     assert up_minus_down(planted, 0) > gap_before + 1.0
 
 
+def test_the_significance_test_weighs_the_whole_gain_over_the_base_model_not_the_phases_step(tiny_model_dir, tmp_path):
+    """A second phase on the planted rule starts from an adapter that already pays. Its t is the
+    kept adapter's held-back gain over the base model, which counts what the agent learned in the
+    first phase, not only the second phase's step over its start."""
+    trainer = make_trainer(tiny_model_dir, tmp_path, significance=2.0, holdout=0.5, epochs=8, micro_batch=4)
+    assert trainer.run_phase(1, 32, {0: decide(trainer, 0, 32, seed=1)}, seed=1)[0].kept_epoch > 0
+    samples = {0: decide(trainer, 0, 32, seed=2, version=1)}
+    _, heldout = trainer._split(trainer._states(2, samples, seed=2), {0: [sample.step for sample in samples[0]]})
+    trunk = Trunk(trainer.llm, 0)
+    prepare(trunk, heldout, trainer.config, 64)
+    start, base = heldout_pay(trunk, heldout, 64)[0], heldout_pay(trunk, heldout, 64, adapters=False)[0]
+    assert float(start.mean()) > float(base.mean())  # the first phase's adapter already pays more
+
+    row = trainer.run_phase(2, 64, samples, seed=2)[0]
+    kept = heldout_pay(trunk, heldout, 64)[0]
+    assert row.kept_epoch > 0 and float(kept.mean()) == pytest.approx(row.heldout_pay_after, abs=1e-5)
+    assert row.heldout_t == pytest.approx(gain_t(kept, base), rel=1e-4)
+    assert row.heldout_t > gain_t(kept, start)  # the step alone is weaker evidence than the whole gain
+
+
 def test_a_single_held_back_state_cannot_pass_the_significance_test(tiny_model_dir, tmp_path):
     """One held-back state has no standard error: its gain is no evidence, so a phase that holds
     back one state keeps the start, unless significance is 0 (then the best epoch is adopted)."""

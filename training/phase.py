@@ -67,7 +67,7 @@ class PhaseRow:
     grad_norm: float | None           # mean over optimizer steps, before clipping
     heldout_pay_before: float | None  # mean exact expected standardised pay on the held-back states
     heldout_pay_after: float | None
-    heldout_t: float | None           # paired t of the best epoch's held-back gain over the start (None: no epoch beat it, or one held-back state)
+    heldout_t: float | None           # paired t of the best epoch's held-back gain over the base model (None: no epoch beat the start, or one held-back state)
     belief_advantage_std: float | None  # spread of belief credit (beliefs_per_state > 1)
     reward_mean: float | None         # of the rewards paid on the samples
     reward_std: float | None

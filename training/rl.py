@@ -25,14 +25,16 @@ teacher-forced pass (agents/scoring.py). So nothing about the decision needs to 
    beliefs the base model's kind of text; the decision's leash is the trust term of 1.
 4. **Early stopping, then a significance test.** A share of the phase's states is held back
    (`holdout`: each agent's latest states, training/phase.py). After each epoch an agent's exact
-   expected pay on them, E_π[Q], is compared with the best so far: a higher one is kept, and an
-   agent stops after three epochs in a row without one. At the end the best epoch is adopted only
-   if its per-state gain over the starting adapter on the held-back states is `significance`
-   standard errors or more (a paired t); otherwise the agent keeps the adapter it began the phase
-   with. An agent that reads nothing but noise still finds epochs that beat its start on a few
-   held-back states by chance, and adopting them moved its out-of-sample behaviour as much as
-   learning moves a real signal's; a real gain grows with the samples and passes the test in a
-   later phase if not in this one (docs/experiments.md).
+   expected pay on them, E_π[Q], is compared with the best so far, the starting adapter's at
+   first: a higher one is kept, and an agent stops after three epochs in a row without one. At
+   the end the best epoch is adopted only if its per-state gain over the **base model** on the
+   held-back states is `significance` standard errors or more (a paired t); otherwise the agent
+   keeps the adapter it began the phase with. An agent that reads nothing but noise still finds
+   epochs that beat its start on a few held-back states by chance, and adopting them moved its
+   out-of-sample behaviour as much as learning moves a real signal's: the test refuses them. It
+   tests the agent's whole learning, not the phase's increment: an agent that has learned need
+   not prove each further step on its own, whose gain is a fraction of the whole and, on a few
+   dozen held-back states, rarely significant alone (docs/experiments.md, 2026-12-05).
 
 All agents train at once: each micro-batch holds every agent's k-th micro-batch of states, one
 forward/backward over their rows (each row routed to its agent's adapter), then per-agent
@@ -88,7 +90,7 @@ class AgentStats:
     grad_norm: float | None      # mean before clipping
     heldout_before: float | None # mean E_π[Q] on the held-back states, before and after
     heldout_after: float | None
-    heldout_t: float | None      # paired t of the best epoch's held-back gain over the start (None: no epoch beat it)
+    heldout_t: float | None      # paired t of the best epoch's held-back gain over the base model (None: no epoch beat the start)
     belief_advantage_std: float | None
 
 
@@ -184,13 +186,13 @@ def _padded(tensors: list[torch.Tensor], width: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def heldout_pay(trunk: Trunk, rows: list[TrainRow], chunk_rows: int) -> dict[int, torch.Tensor]:
-    """E_π[Q] of each held-back state under the current adapters (its rows' mean), per agent:
-    agent -> [its held-back states, in a fixed order]."""
+def heldout_pay(trunk: Trunk, rows: list[TrainRow], chunk_rows: int, adapters: bool = True) -> dict[int, torch.Tensor]:
+    """E_π[Q] of each held-back state under the current adapters (its rows' mean), or under the
+    base model with `adapters` false, per agent: agent -> [its held-back states, in a fixed order]."""
     values: dict[tuple[int, int], list[float]] = {}
     for start in range(0, len(rows), chunk_rows):
         chunk = rows[start:start + chunk_rows]
-        scored = _score(trunk, chunk, [row.agent for row in chunk], beliefs_needed=False)
+        scored = _score(trunk, chunk, [row.agent for row in chunk] if adapters else None, beliefs_needed=False)
         expected = (trunk.llm.tree.value_logprobs(scored.outcome_logprobs).exp().cpu() * torch.stack([row.pay for row in chunk])).sum(-1)
         for row, value in zip(chunk, expected.tolist()):
             values.setdefault((row.agent, row.state), []).append(value)
@@ -229,7 +231,7 @@ class _Progress:
     start: dict                     # the adapter the phase began with
     misses: int = 0                 # epochs in a row without a kept improvement
     trained: int = 0
-    t: float | None = None          # gain_t of the best epoch over the start (before the significance test)
+    t: float | None = None          # gain_t of the best epoch over the base model (before the significance test)
 
 
 def update_agents(trunk: Trunk, train: dict[int, list[list[TrainRow]]], heldout: list[TrainRow], config, *, agents: int, generators: dict[int, torch.Generator], chunk_rows: int) -> dict[int, AgentStats]:
@@ -239,13 +241,15 @@ def update_agents(trunk: Trunk, train: dict[int, list[list[TrainRow]]], heldout:
 
     Early stopping, per agent: after each epoch its held-back pay is compared with the best kept
     so far (`improves`); an agent stops after `PATIENCE + 1` epochs in a row without improvement
-    and keeps its best epoch (epoch 0 = its starting adapter). An agent with no held-back state
-    trains every epoch."""
+    and keeps its best epoch (epoch 0 = its starting adapter), if that passes the significance
+    test against the base model's held-back pay. An agent with no held-back state trains every
+    epoch."""
     llm = trunk.llm
     adapters, device = llm.adapters, llm.device
     optimizer = AgentAdam(adapters.parameters(), agents, config.learning_rate)
     learning = sorted(agent for agent, states in train.items() if states)
     before = heldout_pay(trunk, heldout, chunk_rows) if heldout else {}
+    base = heldout_pay(trunk, heldout, chunk_rows, adapters=False) if heldout and config.significance > 0 else {}
     progress = {agent: _Progress(before.get(agent), 0, start, start) for agent in learning for start in [adapters.agent_state(agent)]}
     running = list(learning)
     logs: dict[int, dict[str, list[float]]] = {agent: {"loss": [], "decision_kl": [], "belief_kl": [], "grad_norm": []} for agent in learning}
@@ -301,9 +305,9 @@ def update_agents(trunk: Trunk, train: dict[int, list[list[TrainRow]]], heldout:
     for agent in learning:
         state, log = progress[agent], logs[agent]
         if state.best is not None and state.kept_epoch > 0:
-            state.t = gain_t(state.best, before[agent])
+            state.t = gain_t(state.best, base.get(agent, before[agent]))
             if config.significance > 0 and (state.t is None or state.t < config.significance):
-                # not a gain the held-back states can tell from noise (or too few of them to tell): keep the start
+                # not a gain over the base model the held-back states can tell from noise (or too few of them to tell): keep the start
                 state.best, state.kept_epoch, state.snapshot = before[agent], 0, state.start
         if state.snapshot is not None and state.kept_epoch < state.trained:
             adapters.set_agent_state(agent, state.snapshot)
