@@ -249,7 +249,7 @@ def update_agents(trunk: Trunk, train: dict[int, list[list[TrainRow]]], heldout:
     optimizer = AgentAdam(adapters.parameters(), agents, config.learning_rate)
     learning = sorted(agent for agent, states in train.items() if states)
     before = heldout_pay(trunk, heldout, chunk_rows) if heldout else {}
-    base = heldout_pay(trunk, heldout, chunk_rows, adapters=False) if heldout and config.significance > 0 else {}
+    base = heldout_pay(trunk, heldout, chunk_rows, adapters=False) if heldout else {}
     progress = {agent: _Progress(before.get(agent), 0, start, start) for agent in learning for start in [adapters.agent_state(agent)]}
     running = list(learning)
     logs: dict[int, dict[str, list[float]]] = {agent: {"loss": [], "decision_kl": [], "belief_kl": [], "grad_norm": []} for agent in learning}
@@ -305,7 +305,7 @@ def update_agents(trunk: Trunk, train: dict[int, list[list[TrainRow]]], heldout:
     for agent in learning:
         state, log = progress[agent], logs[agent]
         if state.best is not None and state.kept_epoch > 0:
-            state.t = gain_t(state.best, base.get(agent, before[agent]))
+            state.t = gain_t(state.best, base[agent])
             if config.significance > 0 and (state.t is None or state.t < config.significance):
                 # not a gain over the base model the held-back states can tell from noise (or too few of them to tell): keep the start
                 state.best, state.kept_epoch, state.snapshot = before[agent], 0, state.start
