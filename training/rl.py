@@ -31,10 +31,10 @@ teacher-forced pass (agents/scoring.py). So nothing about the decision needs to 
    held-back states is `significance` standard errors or more (a paired t); otherwise the agent
    keeps the adapter it began the phase with. An agent that reads nothing but noise still finds
    epochs that beat its start on a few held-back states by chance, and adopting them moved its
-   out-of-sample behaviour as much as learning moves a real signal's: the test refuses them. It
-   tests the agent's whole learning, not the phase's increment: an agent that has learned need
-   not prove each further step on its own, whose gain is a fraction of the whole and, on a few
-   dozen held-back states, rarely significant alone (docs/experiments.md, 2026-12-05).
+   out-of-sample behaviour as much as learning moves a real signal's: the test refuses most of
+   them. It tests the agent's whole learning, not the phase's step: an agent that has learned
+   need not prove each further step on its own, since a step is a fraction of the whole gain and,
+   on a few dozen held-back states, rarely significant alone (docs/experiments.md, 2026-12-05).
 
 All agents train at once: each micro-batch holds every agent's k-th micro-batch of states, one
 forward/backward over their rows (each row routed to its agent's adapter), then per-agent
