@@ -95,6 +95,7 @@ def main() -> None:
     llm = load(args)
     spec = lora_spec(TrainingConfig(), llm.layer_count)
     element = torch.finfo(llm.dtype).bits // 8
+    stack_element = 4 if llm.device.type == "cpu" else element  # a CPU decoding step reads the float32 masters
     model_bytes = (dense_parameters(llm) + llm.hidden_size * llm.model.config.vocab_size) * element
     result = {"provenance": provenance(), "settings": vars(args) | {"out": str(args.out) if args.out else None}, "model": llm.source.model_id,
               "device": str(llm.device), "dtype": str(llm.dtype), "threads": torch.get_num_threads(), "lora": spec.__dict__,
@@ -111,7 +112,6 @@ def main() -> None:
             llm.attach_adapters(count, spec)
             randomise_adapters(llm, args.seed)
             adapter_params = sum(param.numel() for param in llm.adapters.parameters())
-            stack_element = 4 if llm.device.type == "cpu" else element  # a CPU decoding step reads the float32 masters
             timed["stacked"].append(passes(llm, texts, rows, args.steps))
             llm.detach_adapters()
         row = {way: {key: statistics.median(run[key] for run in runs) for key in runs[0]} for way, runs in timed.items()}
