@@ -249,7 +249,9 @@ def update_agents(trunk: Trunk, train: dict[int, list[list[TrainRow]]], heldout:
     optimizer = AgentAdam(adapters.parameters(), agents, config.learning_rate)
     learning = sorted(agent for agent, states in train.items() if states)
     before = heldout_pay(trunk, heldout, chunk_rows) if heldout else {}
-    base = heldout_pay(trunk, heldout, chunk_rows, adapters=False) if heldout else {}
+    # an identity adapter is routed to the base model (agents/lora.py), so where every held-back
+    # agent's adapter is the identity (a first phase) `before` is already the base model's pay
+    base = before if bool(adapters.identity()[list(before)].all()) else heldout_pay(trunk, heldout, chunk_rows, adapters=False)
     progress = {agent: _Progress(before.get(agent), 0, start, start) for agent in learning for start in [adapters.agent_state(agent)]}
     running = list(learning)
     logs: dict[int, dict[str, list[float]]] = {agent: {"loss": [], "decision_kl": [], "belief_kl": [], "grad_norm": []} for agent in learning}
