@@ -19,11 +19,13 @@ its backward is a matmul too, which sums the rows of one agent in a fixed order 
 Adapters are kept in float32 whatever the model's dtype: the optimizer updates float32 masters,
 and the LoRA term is computed in the activations' dtype (bf16 on CUDA and on CPUs with AMX, with
 fp32 accumulation in the matmul). Without gradients a bf16 model reads a bf16 copy of the stacks,
-cast once after each write to them rather than on every forward. One exception: a decoding step
-(one token per row) on a CPU computes the LoRA term in float32 from the masters, rounding the sum
-into the bf16 output once: there a bf16 batched matmul of one row per agent is about twice as slow
-as a float32 one, while from a few tokens per row on bf16 is the faster (the figures are in
-docs/benchmarks.md, "Agents at scale"). A fresh adapter is LoRA's usual
+cast once after each write to them rather than on every forward. A decoding step (one token per
+row) on a CPU adds its LoRA term with a fused gather-GEMV kernel (`agents.lora_kernel`): it reads
+each row's matrices straight from that copy (B transposed once, as [agents, r, out]), sums in
+float32 and rounds into the output once. Where the kernel cannot be built, that step computes the
+term from the float32 masters with two batched matmuls, rounding the sum into the bf16 output
+once: there a bf16 batched matmul of one row per agent is about twice as slow as a float32 one
+(the figures are in docs/benchmarks.md, "Agents at scale"). A fresh adapter is LoRA's usual
 start, A uniform(+-1/sqrt(in)) and B = 0, so it leaves the model's outputs exactly as the base
 model's; A is drawn from a generator seeded by the agent id, so a fresh adapter is the same in
 every run.
@@ -46,6 +48,9 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from agents.lora_kernel import DTYPES as KERNEL_DTYPES
+from agents.lora_kernel import decoding_kernel
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -135,6 +140,7 @@ class MultiLoRALinear(torch.nn.Module):
         self.lora_A = torch.nn.Parameter(torch.zeros((agents, spec.rank, base.in_features), device=device))
         self.lora_B = torch.nn.Parameter(torch.zeros((agents, base.out_features, spec.rank), device=device))
         self._cast: tuple[tuple, torch.Tensor, torch.Tensor] | None = None  # (key, A, B) in the activations' dtype
+        self._transposed: tuple[tuple, torch.Tensor] | None = None           # (key, B as [agents, r, out]) for the decoding kernel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
@@ -149,8 +155,12 @@ class MultiLoRALinear(torch.nn.Module):
             a = (selection @ self.lora_A.flatten(1)).view(len(routing.rows), *self.lora_A.shape[1:])
             b = (selection @ self.lora_B.flatten(1)).view(len(routing.rows), *self.lora_B.shape[1:])
             return self._plus_delta(y, x, a.to(x.dtype), b.to(x.dtype))  # rows without an adapter got zero matrices
-        if x.shape[-2] == 1 and x.device.type == "cpu":
-            stack_a, stack_b = self.lora_A, self.lora_B  # one token per row: float32 is faster here (see the docstring)
+        if x.shape[-2] == 1 and x.device.type == "cpu":  # a decoding step on a CPU (see the docstring)
+            kernel = decoding_kernel() if x.dtype in KERNEL_DTYPES and y.is_contiguous() else None
+            if kernel is not None:
+                kernel(y, x.contiguous(), *self.decoding_weights(x.dtype), routing.rows, self.scaling)
+                return y
+            stack_a, stack_b = self.lora_A, self.lora_B
         else:
             stack_a, stack_b = self.inference_weights(x.dtype)
         if routing.span is not None:
@@ -172,6 +182,15 @@ class MultiLoRALinear(torch.nn.Module):
         if self._cast is None or self._cast[0] != key:
             self._cast = (key, self.lora_A.detach().to(dtype), self.lora_B.detach().to(dtype))
         return self._cast[1], self._cast[2]
+
+    def decoding_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """A [agents, r, in] and B as [agents, r, out] in `dtype`, the layout the decoding kernel
+        reads: B's transposed copy is made once and reused until B is written."""
+        stack_a, stack_b = self.inference_weights(dtype)
+        key = (dtype, self.lora_B._version)
+        if self._transposed is None or self._transposed[0] != key:
+            self._transposed = (key, stack_b.detach().transpose(1, 2).contiguous())
+        return stack_a.detach(), self._transposed[1]
 
     def _plus_delta(self, y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """y + scaling * B A x per row, as one fused `baddbmm` onto y (no separate pass to scale

@@ -2,15 +2,16 @@
 
 `benchmarks/agents_at_scale.py` times whole deliberations. This splits one into its two kinds of
 pass, at N agents with one prompt (one row) each, timed with no adapters and with the stacked
-layer of `agents/lora.py` (random B, so no row can skip its LoRA term):
+layer of `agents/lora.py` (random B, so no row can skip its LoRA term; on a CPU where the decoding
+kernel of `agents/lora_kernel.py` is built, also with it switched off, `stacked_bmm`):
 
 - the **prompt pass**: every prompt token of every row at once;
 - a **decoding step**: one token per row on the key/value cache, which reads every weight of
   the model once (the belief's tokens are written this way, 16 steps in a deliberation).
 
 For a decoding step it also counts the bytes of weights the step must read: the model's (its
-dtype; the tied LM head once) and the stacks of the rows' agents (float32 on a CPU, where a
-decoding step computes the LoRA term from the float32 masters; bf16 elsewhere when the model is),
+dtype; the tied LM head once) and the stacks of the rows' agents (in the model's dtype; float32
+on the bmm path of a CPU, which computes a decoding step's LoRA term from the float32 masters),
 and measures the machine's read rate (a sum over a 512 MB float32 tensor). A decoding step that
 is bound by memory costs about its bytes over that rate, whatever the arithmetic.
 
@@ -29,9 +30,11 @@ from pathlib import Path
 
 import torch
 
+from agents.lora_kernel import decoding_path
 from benchmarks.agents_at_scale import (
     add_model_arguments,
     dense_parameters,
+    kernel_switched,
     load,
     prompts,
     randomise_adapters,
@@ -95,39 +98,43 @@ def main() -> None:
     llm = load(args)
     spec = lora_spec(TrainingConfig(), llm.layer_count)
     element = torch.finfo(llm.dtype).bits // 8
-    stack_element = 4 if llm.device.type == "cpu" else element  # a CPU decoding step reads the float32 masters
+    decoding = decoding_path(llm.device)
+    stacked_ways = ("stacked", "stacked_bmm") if decoding == "kernel" else ("stacked",)
+    # a decoding step reads the stacks in the model's dtype, but the bmm path on a CPU the float32 masters
+    stack_element = {"stacked": 4 if llm.device.type == "cpu" and decoding == "bmm" else element, "stacked_bmm": 4}
     model_bytes = (dense_parameters(llm) + llm.hidden_size * llm.model.config.vocab_size) * element
     result = {"provenance": provenance(), "settings": vars(args) | {"out": str(args.out) if args.out else None}, "model": llm.source.model_id,
               "device": str(llm.device), "dtype": str(llm.dtype), "threads": torch.get_num_threads(), "lora": spec.__dict__,
-              "read_rate_gb_s": read_rate(llm.device), "model_bytes_per_step": model_bytes, "agents": {}}
+              "read_rate_gb_s": read_rate(llm.device), "model_bytes_per_step": model_bytes, "lora_decoding": decoding, "agents": {}}
     out = args.out or RESULTS_DIR / f"adapter-passes-{llm.device.type}.json"
     print(f"{result['model']} on {result['device']} ({result['dtype']}): reads {result['read_rate_gb_s']:.1f} GB/s; "
           f"a decoding step reads {model_bytes / 1e6:.0f} MB of model weights", flush=True)
     passes(llm, prompts(llm, 2, args.seed), None, 2)  # warm-up
     for count in args.agents:
         texts, rows = prompts(llm, count, args.seed), list(range(count))
-        timed: dict[str, list[dict]] = {"none": [], "stacked": []}
-        for _ in range(args.repeats):  # interleaved, so a drift of the machine reaches both
+        timed: dict[str, list[dict]] = {"none": []}
+        for _ in range(args.repeats):  # interleaved, so a drift of the machine reaches every way
             timed["none"].append(passes(llm, texts, None, args.steps))
-            llm.attach_adapters(count, spec)
-            randomise_adapters(llm, args.seed)
-            adapter_params = sum(param.numel() for param in llm.adapters.parameters())
-            timed["stacked"].append(passes(llm, texts, rows, args.steps))
-            llm.detach_adapters()
+            for way in stacked_ways:
+                llm.attach_adapters(count, spec)
+                randomise_adapters(llm, args.seed)
+                adapter_params = sum(param.numel() for param in llm.adapters.parameters())
+                with kernel_switched(way == "stacked"):
+                    timed.setdefault(way, []).append(passes(llm, texts, rows, args.steps))
+                llm.detach_adapters()
         row = {way: {key: statistics.median(run[key] for run in runs) for key in runs[0]} for way, runs in timed.items()}
-        adapter_bytes = adapter_params * stack_element
-        row["adapter_bytes_per_step"] = adapter_bytes
-        for key in ("prompt_pass_s", "decoding_step_s"):
-            row[f"{key}_over_none"] = row["stacked"][key] / row["none"][key] - 1.0
-        added = row["stacked"]["decoding_step_s"] - row["none"]["decoding_step_s"]
-        row["decoding_step_added_s"] = added
-        row["adapter_bytes_over_model_bytes"] = adapter_bytes / model_bytes
+        for way in stacked_ways:
+            adapter_bytes = adapter_params * stack_element[way]
+            row[way] |= {"adapter_bytes_per_step": adapter_bytes, "adapter_bytes_over_model_bytes": adapter_bytes / model_bytes,
+                         "decoding_step_added_s": row[way]["decoding_step_s"] - row["none"]["decoding_step_s"]}
+            for key in ("prompt_pass_s", "decoding_step_s"):
+                row[way][f"{key}_over_none"] = row[way][key] / row["none"][key] - 1.0
+            print(f"  {count:>4} agents, {way:<11}: prompt pass {row['none']['prompt_pass_s']:.3f} s -> {row[way]['prompt_pass_s']:.3f} s "
+                  f"({row[way]['prompt_pass_s_over_none']:+.1%}); decoding step {row['none']['decoding_step_s'] * 1e3:.1f} ms -> "
+                  f"{row[way]['decoding_step_s'] * 1e3:.1f} ms ({row[way]['decoding_step_s_over_none']:+.1%}); the adapters add "
+                  f"{adapter_bytes / 1e6:.0f} MB to a step's {model_bytes / 1e6:.0f} MB ({adapter_bytes / model_bytes:.0%}), "
+                  f"{adapter_bytes / 1e9 / result['read_rate_gb_s'] * 1e3:.1f} ms at the read rate", flush=True)
         result["agents"][count] = row
-        print(f"  {count:>4} agents: prompt pass {row['none']['prompt_pass_s']:.3f} s -> {row['stacked']['prompt_pass_s']:.3f} s "
-              f"({row['prompt_pass_s_over_none']:+.1%}); decoding step {row['none']['decoding_step_s'] * 1e3:.1f} ms -> "
-              f"{row['stacked']['decoding_step_s'] * 1e3:.1f} ms ({row['decoding_step_s_over_none']:+.1%}); the adapters add "
-              f"{adapter_bytes / 1e6:.0f} MB to a step's {model_bytes / 1e6:.0f} MB ({row['adapter_bytes_over_model_bytes']:.0%}), "
-              f"{adapter_bytes / 1e9 / result['read_rate_gb_s'] * 1e3:.1f} ms at the read rate", flush=True)
         write_result(out, result)
 
 

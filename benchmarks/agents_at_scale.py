@@ -5,13 +5,14 @@ One run measures, on the same machine and model:
 - deliberation (belief, then the decision's exact distribution, as a simulation step does) at N
   agents, one prompt each, for three ways of holding the agents' adapters: none (the base model),
   PEFT's mixed-adapter batch (`adapter_names`, which loops over the adapters in every adapted
-  layer), and the stacked layer of `agents/lora.py`; decisions/s, tokens/s, and the model FLOPs
-  they imply as a fraction of the peak;
+  layer), and the stacked layer of `agents/lora.py` (on a CPU where the decoding kernel of
+  `agents/lora_kernel.py` is built, also the stacked layer with it switched off, `stacked_bmm`);
+  decisions/s, tokens/s, and the model FLOPs they imply as a fraction of the peak;
 - a training phase at N agents, all agents jointly against one agent at a time: seconds per
   sample, and the model FLOPs the phase does as a fraction of the peak (`phase_flops`).
 FLOPs are 2 x (non-embedding parameters) per processed token plus the LM head where logits are
 taken; attention is left out (under 10 % at these lengths). Adapters get random B matrices, so no
-path can skip them as zero. Each deliberation is timed `--repeats` times, the three ways
+path can skip them as zero. Each deliberation is timed `--repeats` times, the ways
 interleaved, and the median is reported; a small phase runs first, untimed, as a warm-up.
 
     python -m benchmarks.agents_at_scale                        # SmolLM2-135M, 8/32/100 agents
@@ -21,6 +22,7 @@ interleaved, and the median is reported; a small phase runs first, untimed, as a
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from contextlib import contextmanager
@@ -31,6 +33,7 @@ import torch
 from agents.decoding import split_tokens
 from agents.llm import LLM
 from agents.lora import LoraSpec
+from agents.lora_kernel import SWITCH, decoding_path
 from agents.scoring import packed_tokens
 from benchmarks.learning import ARMS, Market, Settings
 from benchmarks.results_file import RESULTS_DIR, write_result
@@ -56,6 +59,20 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, size: int = 2048, repe
         a @ b
     synchronise(device)
     return 2 * size**3 * repeats / (time.perf_counter() - started) / 1e9
+
+
+@contextmanager
+def kernel_switched(on: bool):
+    """The CPU decoding kernel of agents/lora_kernel.py on (where built) or off (the bmm path) inside the block."""
+    saved = os.environ.get(SWITCH)
+    os.environ[SWITCH] = "1" if on else "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ[SWITCH]
+        else:
+            os.environ[SWITCH] = saved
 
 
 def synchronise(device: torch.device) -> None:
@@ -228,6 +245,8 @@ def main() -> None:
               "threads": torch.get_num_threads(), "matmul_peak_gflops": peak, "dense_parameters": dense, "lora": spec.__dict__,
               "deliberation": {}, "phase": {}}
     out = args.out or RESULTS_DIR / f"agents-at-scale-{llm.device.type}.json"
+    result["lora_decoding"] = decoding_path(llm.device)
+    stacked_ways = ("stacked", "stacked_bmm") if result["lora_decoding"] == "kernel" else ("stacked",)
     print(f"{result['model']} on {result['device']} ({result['dtype']}), matmul peak {peak:.0f} GFLOP/s, LoRA on {len(spec.layers)} layers x {len(spec.target_modules)} projections")
     deliberate(llm, prompts(llm, 2, args.seed), None, args.belief_tokens, 2, dense, args.seed)  # warm-up
     phase_cost(llm, 2, 2, config, args.belief_tokens, args.batch_size, joint=True, seed=args.seed, dense=dense)  # warm-up
@@ -243,21 +262,23 @@ def main() -> None:
     for count in args.agents:
         texts = prompts(llm, count, args.seed)
         timed: dict[str, list[dict]] = {}
-        for _ in range(args.repeats):  # the ways interleaved, so a slow drift of the machine reaches all three
+        for _ in range(args.repeats):  # the ways interleaved, so a slow drift of the machine reaches all of them
             timed.setdefault("none", []).append(deliberate(llm, texts, None, args.belief_tokens, args.batch_size, dense, args.seed))
             if not args.skip_peft:
                 with peft_mixed(llm, count, spec, args.seed):
                     timed.setdefault("peft_mixed", []).append(deliberate(llm, texts, list(range(count)), args.belief_tokens, args.batch_size, dense, args.seed))
                 llm.model = base_model
-            llm.attach_adapters(count, spec)
-            randomise_adapters(llm, args.seed)
-            timed.setdefault("stacked", []).append(deliberate(llm, texts, list(range(count)), args.belief_tokens, args.batch_size, dense, args.seed))
-            llm.detach_adapters()
+            for way in stacked_ways:
+                llm.attach_adapters(count, spec)
+                randomise_adapters(llm, args.seed)
+                with kernel_switched(way == "stacked"):
+                    timed.setdefault(way, []).append(deliberate(llm, texts, list(range(count)), args.belief_tokens, args.batch_size, dense, args.seed))
+                llm.detach_adapters()
         rows = {name: _median(runs) for name, runs in timed.items()}
         for name, row in rows.items():
             row["fraction_of_peak"] = row["gflops_per_s"] / peak
             row["cost_over_no_adapters"] = rows["none"]["decisions_per_s"] / row["decisions_per_s"] - 1.0
-            print(f"  {count:>4} agents, {name:<10}: {row['decisions_per_s']:6.2f} decisions/s  {row['processed_tokens_per_s']:7.0f} tokens/s  "
+            print(f"  {count:>4} agents, {name:<11}: {row['decisions_per_s']:6.2f} decisions/s  {row['processed_tokens_per_s']:7.0f} tokens/s  "
                   f"{row['fraction_of_peak']:6.1%} of peak  {row['cost_over_no_adapters']:+.1%} over no adapters", flush=True)
         result["deliberation"][count] = rows
         write_result(out, result)  # after each count: a run cut short keeps what it measured

@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from agents.llm import LLM
+from agents.lora_kernel import decoding_path
 from agents.remote import DETERMINISM, RemoteLLM
 from analysis.rundb import resolve_run_db
 from core.errors import DataFileError, UserError
@@ -156,13 +157,17 @@ def _load_llm(scenario: Scenario, scenario_file: str | None = None) -> LLM | Rem
     return local
 
 
-def backend_json(scenario: Scenario) -> str:
-    """What the run records of its model's backend (never the API key, only its variable's name)."""
+def backend_json(scenario: Scenario, llm: LLM | RemoteLLM) -> str:
+    """What the run records of its model's backend (never the API key, only its variable's name),
+    and for in-process LoRA training what computes a decoding step's LoRA term ("kernel" or "bmm":
+    the same arithmetic in another summation order, agents.lora_kernel)."""
     config = scenario.model
+    local = llm if isinstance(llm, LLM) else llm.local
+    lora = {"lora_decoding": decoding_path(local.device)} if local is not None and scenario.training.enabled and scenario.training.method == "lora" else {}
     if config.backend != "openai":
-        return json.dumps({"backend": config.backend})
+        return json.dumps({"backend": config.backend, **lora})
     return json.dumps({"backend": "openai", "base_url": config.base_url, "model": config.model, "api_key_env": config.api_key_env,
-                       "constraint": config.constraint, "determinism": DETERMINISM})
+                       "constraint": config.constraint, "determinism": DETERMINISM, **lora})
 
 
 def start(scenario_path: str, *, plain: bool = False, output_dir: str | None = None, overrides: list[str] | None = None) -> RunResult:
@@ -181,7 +186,7 @@ def start(scenario_path: str, *, plain: bool = False, output_dir: str | None = N
     store.start_run(run_id=f"{scenario.run.name}-{uuid.uuid4().hex[:8]}", name=scenario.run.name, scenario_path=str(Path(scenario_path).resolve()),
                     scenario_toml=Path(scenario_path).read_text(encoding="utf-8"), overrides=json.dumps(overrides), master_seed=scenario.run.seed,
                     model_id=llm.source.model_id, model_sha256=llm.sha256, device=str(llm.device), dtype=str(llm.dtype).removeprefix("torch."),
-                    package_versions=package_versions_json(), steps_planned=scenario.run.steps, backend=backend_json(scenario))
+                    package_versions=package_versions_json(), steps_planned=scenario.run.steps, backend=backend_json(scenario, llm))
     store.close()
     starting.rename(run_dir)
     store = RunStore(run_dir / DATABASE)

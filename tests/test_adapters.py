@@ -203,10 +203,19 @@ def test_a_bf16_models_adapters_are_cast_once_and_again_after_every_write(tiny_m
     assert not torch.equal(first, second) and torch.equal(second, logits(True))
 
 
-def test_a_bf16_models_one_token_steps_on_a_cpu_add_the_lora_term_in_float32(tiny_model_dir):
+BF16_ULP = 2.0**-7  # bf16 keeps 8 significant bits: one unit in the last place is at most 2^-7 of the value
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "bmm"])
+def test_a_bf16_models_one_token_steps_on_a_cpu_add_the_lora_term_in_float32(tiny_model_dir, monkeypatch, kernel):
     """A decoding step (one token per row) of a bf16 model on a CPU computes the LoRA term from
-    the float32 masters and rounds the sum into bf16 once; a step of several tokens per row uses
-    the bf16 copy. Both are the same adapter, so they agree to bf16 rounding."""
+    the float32 masters and rounds the sum into bf16 once, with the fused kernel or, where it
+    cannot be built, with two batched matmuls; a step of several tokens per row uses the bf16
+    copy. All are the same adapter, so they agree to bf16 rounding."""
+    if kernel:
+        _kernel_or_skip()
+    else:
+        monkeypatch.setattr("agents.lora.decoding_kernel", lambda: None)
     llm = LLM.load(str(tiny_model_dir), device="cpu", dtype="bfloat16")
     llm.attach_adapters(3, SPEC)
     _randomise(llm)
@@ -216,10 +225,52 @@ def test_a_bf16_models_one_token_steps_on_a_cpu_add_the_lora_term_in_float32(tin
         step = layer(x)
         several = layer(x.expand(3, 4, -1))[:, :1]
     a, b = layer.lora_A[[2, 0, 1]].detach(), layer.lora_B[[2, 0, 1]].detach()
+    if kernel:  # the bf16 copy of the stacks, summed in float32: within one bf16 unit in the last place
+        a, b = a.to(torch.bfloat16).float(), b.to(torch.bfloat16).float()
     in_float32 = (layer.base(x).float() + layer.scaling * (x.float() @ a.transpose(1, 2)) @ b.transpose(1, 2)).to(torch.bfloat16)
-    assert step.dtype == torch.bfloat16 and torch.equal(step, in_float32)
+    assert step.dtype == torch.bfloat16
+    if kernel:
+        torch.testing.assert_close(step.float(), in_float32.float(), rtol=BF16_ULP, atol=1e-6)
+    else:  # the float32 masters, by batched matmuls: exactly that sum
+        assert torch.equal(step, in_float32)
     assert not torch.equal(several, in_float32)  # the bf16 path rounds x A to bf16 first
     torch.testing.assert_close(several.float(), step.float(), rtol=0.05, atol=0.05)
+
+
+def _kernel_or_skip():
+    from agents.lora_kernel import decoding_kernel
+
+    built = decoding_kernel()
+    if built is None:
+        pytest.skip("the decoding kernel cannot be built here (no C++ compiler, or LLM_MARKET_SIM_LORA_KERNEL=0); layers use the bmm path, tested beside")
+    return built
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_decoding_kernel_adds_each_rows_own_lora_term_and_leaves_rows_without_one(dtype):
+    """agents.lora_kernel: y += scaling * B[agent] A[agent] x per row, summed in float32, for
+    agents in any order and repeated; a row of agent -1 is not touched. Odd sizes reach the
+    vector loops' tails."""
+    kernel = _kernel_or_skip()
+    generator = torch.Generator().manual_seed(0)
+    agents, rank, d_in, d_out, scaling = 4, 8, 77, 131, 2.0
+    a = (torch.randn((agents, rank, d_in), generator=generator) / d_in**0.5).to(dtype)
+    b = (torch.randn((agents, d_out, rank), generator=generator) * 0.1).to(dtype)
+    x = torch.randn((5, 1, d_in), generator=generator).to(dtype)
+    y = torch.randn((5, 1, d_out), generator=generator).to(dtype)
+    rows = torch.tensor([3, -1, 0, 3, 1])
+    out = y.clone()
+    kernel(out, x, a, b.transpose(1, 2).contiguous(), rows, scaling)
+    expected = y.double().clone()
+    for row, agent in enumerate(rows.tolist()):
+        if agent >= 0:
+            expected[row] += scaling * (x[row].double() @ a[agent].double().T) @ b[agent].double().T
+    assert torch.equal(out[1], y[1])
+    assert float((expected - y.double()).abs().min(dim=-1).values.max()) > 0  # every adapted row did move
+    if dtype == torch.float32:
+        torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-6)
+    else:  # the float32 sum of bf16 products rounded once: within one bf16 unit in the last place of the exact value
+        torch.testing.assert_close(out.double(), expected, rtol=BF16_ULP, atol=1e-6)
 
 
 def test_the_adapter_passes_benchmark_times_real_decoding_steps_of_the_stacked_adapters(tiny_model_dir):
@@ -241,3 +292,19 @@ def test_the_adapter_passes_benchmark_times_real_decoding_steps_of_the_stacked_a
     assert torch.allclose(timed["hidden"][:, -1], whole[:, -1], atol=1e-4)
     assert not torch.allclose(whole[:, -1], base[:, -1], atol=1e-3)  # the adapters did act
     assert timed["prompt_tokens"] == int(encoded.attention_mask.sum()) and timed["prompt_pass_s"] > 0 and timed["decoding_step_s"] > 0
+
+
+def test_the_decoding_kernel_is_off_when_switched_off_and_a_failed_build_falls_back_to_bmm_with_a_warning(monkeypatch):
+    import torch.utils.cpp_extension
+
+    from agents import lora_kernel
+
+    monkeypatch.setenv(lora_kernel.SWITCH, "0")
+    assert lora_kernel.decoding_kernel() is None and lora_kernel.decoding_path(torch.device("cpu")) == "bmm"
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("Error building extension 'llm_market_sim_lora': c++: command not found")
+
+    monkeypatch.setattr(torch.utils.cpp_extension, "load_inline", no_compiler)
+    with pytest.warns(RuntimeWarning, match="could not be built .*command not found.*bmm is used instead"):
+        assert lora_kernel._build.__wrapped__() is None

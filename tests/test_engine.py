@@ -33,10 +33,11 @@ def test_run_completes_and_fills_every_table(finished_run):
     assert counts["decisions"] == 5 * 5
     assert counts["factors_served"] > 0 and counts["factor_data"] > 0 and counts["price_data"] > 0
     assert counts["events"] == 1
-    run = con.execute("SELECT status, master_seed, model_sha256, package_versions, scenario_toml FROM run").fetchall()[0]
+    run = con.execute("SELECT status, master_seed, model_sha256, package_versions, scenario_toml, backend FROM run").fetchall()[0]
     assert run[0] == "completed" and run[1] == 11 and len(run[2]) == 64
     assert {"torch", "transformers", "duckdb", "mesa", "python"} <= set(json.loads(run[3]))
     assert "[run]" in run[4]
+    assert json.loads(run[5]) == {"backend": "transformers"}  # no LoRA training: nothing said of LoRA decoding
 
 
 def test_agent_never_sees_future_factors_or_hidden_categories(finished_run):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import duckdb
@@ -29,6 +30,16 @@ def test_every_phase_trains_every_agent_and_saves_its_adapter(learning_run):
     for phase, agent, samples, path, version in rows:
         assert samples == 3 * phase and version == phase  # a phase learns from every decision so far (max_samples 20)
         assert (Path(path) / "adapter_config.json").is_file() and (Path(path) / "adapter_model.safetensors").is_file()
+
+
+def test_the_run_records_what_computed_its_decoding_steps_lora_term(learning_run):
+    """The kernel and bmm paths are the same arithmetic in another summation order, so a seeded
+    run's beliefs reproduce exactly only on the same path: the run says which it took."""
+    from agents.lora_kernel import decoding_kernel
+
+    _, con = learning_run
+    backend = json.loads(con.execute("SELECT backend FROM run").fetchone()[0])
+    assert backend == {"backend": "transformers", "lora_decoding": "kernel" if decoding_kernel() is not None else "bmm"}
 
 
 def test_decisions_record_the_adapter_version_they_were_made_with(learning_run):
