@@ -8,9 +8,12 @@ gather and two batched matmuls whatever the number of agents (the S-LoRA / Punic
 
     y = W x + (alpha / r) * B[agent] A[agent] x      for rows with an adapter; y = W x otherwise.
 
-Rows without an adapter (the base model, the KL reference, an untrained baseline) are left out
-of the LoRA term, so they cost nothing extra; without gradients so are the rows of an agent whose
-adapter is still the identity (every B zero: fresh, or reset), whose LoRA term is exactly 0.
+Rows without an adapter (the base model, the KL reference, an untrained baseline) get a LoRA term
+of exactly 0, and so, without gradients, do the rows of an agent whose adapter is still the
+identity (every B zero: fresh, or reset). A batch with no other rows skips the term (it costs
+nothing extra), and so does such a row in a decoding step on a CPU; in a mixed batch of many
+tokens per row it rides along with B = 0, which costs less than gathering the other rows'
+activations and copying their sums back (docs/experiments.md, 2026-12-05, fifth session).
 Rows that are a contiguous run of agents in order (a simulation step's batch) read a slice of the
 stack, so nothing is gathered or copied. When gradients are on, the gather is a one-hot matmul:
 its backward is a matmul too, which sums the rows of one agent in a fixed order (the backward of
@@ -77,7 +80,7 @@ class Routing:
     """One batch's rows as every LoRA layer reads them, worked out once per batch and device."""
 
     rows: torch.Tensor           # [batch] long on the layer's device, -1 = no adapter
-    where: torch.Tensor          # indices of the rows with an adapter, on the device
+    active: torch.Tensor         # [batch, 1, 1] bool on the device: the row has an adapter
     all_active: bool             # every row has an adapter
     span: tuple[int, int] | None # rows are exactly agents start..stop-1 in order: a slice of the stack, no gather
     selection: torch.Tensor      # [batch, agents] float32 one-hot of each row's agent (a zero row where it has none)
@@ -125,7 +128,7 @@ class AdapterRouter:
             start = int(rows[0]) if len(rows) else -1
             contiguous = start >= 0 and bool((rows == torch.arange(start, start + len(rows))).all())
             selection = torch.nn.functional.one_hot(rows.clamp(min=0), self.agents).float() * active[:, None]
-            self._routing[key] = Routing(rows.to(device), active.nonzero().squeeze(1).to(device), bool(active.all()),
+            self._routing[key] = Routing(rows.to(device), active[:, None, None].to(device), bool(active.all()),
                                          (start, start + len(rows)) if contiguous else None, selection.to(device))
         return self._routing[key]
 
@@ -168,9 +171,9 @@ class MultiLoRALinear(torch.nn.Module):
             return self._plus_delta(y, x, stack_a[start:stop], stack_b[start:stop])
         if routing.all_active:
             return self._plus_delta(y, x, stack_a[routing.rows], stack_b[routing.rows])
-        where = routing.where
-        agents = routing.rows[where]
-        return y.index_copy(0, where, self._plus_delta(y[where], x[where], stack_a[agents], stack_b[agents]))
+        # Rows without an adapter get B = 0, so their term is exactly 0: cheaper than gathering the
+        # active rows' activations and copying their sums back.
+        return self._plus_delta(y, x, stack_a[routing.rows.clamp(min=0)], stack_b[routing.rows.clamp(min=0)] * routing.active)
 
     def inference_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """The stacked A and B in `dtype`, for passes without gradients: cast once and reused until
