@@ -76,11 +76,15 @@ def test_outputs_and_gradients_equal_peft_for_the_same_adapter(tiny_model_dir):
         assert float(layer.lora_A.grad[0].abs().max()) == 0.0 and float(layer.lora_A.grad[2].abs().max()) == 0.0  # other agents get nothing
 
 
-@pytest.mark.parametrize("grad", [False, True])
-def test_one_agents_adapter_never_changes_another_agents_outputs(tiny_model_dir, grad):
+@pytest.mark.parametrize("grad,tokens", [(False, "all"), (True, "all"), (False, "one")], ids=["no-grad", "grad", "one-token"])
+def test_one_agents_adapter_never_changes_another_agents_outputs(tiny_model_dir, grad, tokens):
+    """Also for one token per row without gradients: the shape of a decoding step, which a CPU
+    runs through the decoding kernel where it is built."""
     llm = _llm(tiny_model_dir)
     _randomise(llm)
     encoded = _ids(llm)
+    if tokens == "one":
+        encoded = {"input_ids": encoded["input_ids"][:, -1:], "attention_mask": encoded["attention_mask"][:, -1:]}
     with torch.set_grad_enabled(grad), llm.route([0, 2, -1]):
         before = llm.model(**encoded).logits.detach()
     with torch.no_grad():
@@ -92,6 +96,7 @@ def test_one_agents_adapter_never_changes_another_agents_outputs(tiny_model_dir,
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     with torch.no_grad():
         assert torch.allclose(after[2], base(**encoded).logits[2], atol=1e-6)  # the row without an adapter is the base model
+        assert not torch.allclose(after[0], base(**encoded).logits[0], atol=1e-3)  # the others' adapters did act
 
 
 def test_a_mixed_batch_equals_each_agent_alone(tiny_model_dir):
