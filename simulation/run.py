@@ -159,8 +159,8 @@ def _load_llm(scenario: Scenario, scenario_file: str | None = None) -> LLM | Rem
 
 def backend_json(scenario: Scenario, llm: LLM | RemoteLLM) -> str:
     """What the run records of its model's backend (never the API key, only its variable's name),
-    and for in-process LoRA training what computes a decoding step's LoRA term ("kernel" or "bmm":
-    the same arithmetic in another summation order, agents.lora_kernel)."""
+    and for in-process LoRA training what computes a decoding step's LoRA term ("kernel" or "bmm",
+    which round a seeded run's beliefs differently: agents.lora_kernel)."""
     config = scenario.model
     local = llm if isinstance(llm, LLM) else llm.local
     lora = {"lora_decoding": decoding_path(local.device)} if local is not None and scenario.training.enabled and scenario.training.method == "lora" else {}

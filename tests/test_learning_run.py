@@ -33,7 +33,7 @@ def test_every_phase_trains_every_agent_and_saves_its_adapter(learning_run):
 
 
 def test_the_run_records_what_computed_its_decoding_steps_lora_term(learning_run):
-    """The kernel and bmm paths are the same arithmetic in another summation order, so a seeded
+    """The kernel and bmm paths sum in another order (and read other copies of the weights), so a seeded
     run's beliefs reproduce exactly only on the same path: the run says which it took."""
     from agents.lora_kernel import decoding_kernel
 
