@@ -80,6 +80,7 @@ class Routing:
     """One batch's rows as every LoRA layer reads them, worked out once per batch and device."""
 
     rows: torch.Tensor           # [batch] long on the layer's device, -1 = no adapter
+    slots: torch.Tensor          # [batch] long on the device: the row's agent, 0 where it has none (its B is masked)
     active: torch.Tensor         # [batch, 1, 1] bool on the device: the row has an adapter
     all_active: bool             # every row has an adapter
     span: tuple[int, int] | None # rows are exactly agents start..stop-1 in order: a slice of the stack, no gather
@@ -127,8 +128,9 @@ class AdapterRouter:
                 return None
             start = int(rows[0]) if len(rows) else -1
             contiguous = start >= 0 and bool((rows == torch.arange(start, start + len(rows))).all())
-            selection = torch.nn.functional.one_hot(rows.clamp(min=0), self.agents).float() * active[:, None]
-            self._routing[key] = Routing(rows.to(device), active[:, None, None].to(device), bool(active.all()),
+            slots = rows.clamp(min=0)
+            selection = torch.nn.functional.one_hot(slots, self.agents).float() * active[:, None]
+            self._routing[key] = Routing(rows.to(device), slots.to(device), active[:, None, None].to(device), bool(active.all()),
                                          (start, start + len(rows)) if contiguous else None, selection.to(device))
         return self._routing[key]
 
@@ -173,7 +175,7 @@ class MultiLoRALinear(torch.nn.Module):
             return self._plus_delta(y, x, stack_a[routing.rows], stack_b[routing.rows])
         # Rows without an adapter get B = 0, so their term is exactly 0: cheaper than gathering the
         # active rows' activations and copying their sums back.
-        return self._plus_delta(y, x, stack_a[routing.rows.clamp(min=0)], stack_b[routing.rows.clamp(min=0)] * routing.active)
+        return self._plus_delta(y, x, stack_a[routing.slots], stack_b[routing.slots] * routing.active)
 
     def inference_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """The stacked A and B in `dtype`, for passes without gradients: cast once and reused until

@@ -4,9 +4,9 @@ In a decoding step every row is one token, and its LoRA term is two matrix-vecto
 its own agent's matrices: h = A[agent] x (r values), then y += scaling * B[agent] h. torch has no
 batched GEMV for this: `bmm` of one row per agent is slow on a CPU (a bf16 one about twice as
 slow as a float32 one), and every step reads the adapters' stacks whole (the figures are in
-docs/benchmarks.md, "Where the adapters' cost goes"). The kernel reads each row's A and B once, straight from the stacks in the activations' dtype (no
-gather, no copy), sums in float32 and adds the term into the layer's output in place, rounding it
-once to the output's dtype. Rows whose agent is -1 are left as they are. B is read as [agents, r,
+docs/benchmarks.md, "Where the adapters' cost goes"). The kernel reads each row's A and B once,
+straight from the stacks in the activations' dtype (no gather, no copy), sums in float32 and adds
+the term into the layer's output in place, rounding it once to the output's dtype. Rows whose agent is -1 are left as they are. B is read as [agents, r,
 out] (a transposed copy the layer keeps), so the second product is r scaled vector additions.
 
 It is C++ built at first use with torch's `cpp_extension` (about 20 s, once per machine: the build
@@ -28,11 +28,8 @@ import torch
 
 SWITCH = "LLM_MARKET_SIM_LORA_KERNEL"   # "0" = never build or use the kernel
 DTYPES = (torch.float32, torch.bfloat16)  # the dtypes it takes: activations, A and B all in one of them
-_FLAGS = {  # torch's CPU capability -> the compiler's vector flags
-    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma"],
-    "AVX512_BF16": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma"],
-    "AVX2": ["-mavx2", "-mfma"],
-}
+_AVX512 = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma"]
+_FLAGS = {"AVX512": _AVX512, "AVX512_BF16": _AVX512, "AVX2": ["-mavx2", "-mfma"]}  # torch's CPU capability -> vector flags
 
 _SOURCE = r"""
 #include <torch/extension.h>
@@ -105,10 +102,10 @@ void add_lora_(torch::Tensor y, torch::Tensor x, torch::Tensor a, torch::Tensor 
 
 
 def decoding_kernel() -> Callable | None:
-    """`add_lora_(y, x, a, bt, agents, scaling)` (y [rows, .., out] += scaling * bt[agent].T a[agent] x
-    per row, in place; every tensor contiguous and in one dtype, agents int64), built once per process (and cached on disk), or
-    None where it is switched off (read at every call, so a benchmark can time both paths in one
-    process) or cannot be built (the reason is warned once)."""
+    """`add_lora_(y, x, a, bt, agents, scaling)`: y [rows, .., out] += scaling * bt[agent].T a[agent] x
+    per row, in place; every tensor contiguous and in one dtype, agents int64. Built once per
+    process (and cached on disk), or None where it is switched off (read at every call, so a
+    benchmark can time both paths in one process) or cannot be built (the reason is warned once)."""
     return None if os.environ.get(SWITCH, "1") == "0" else _build()
 
 

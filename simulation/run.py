@@ -163,7 +163,7 @@ def backend_json(scenario: Scenario, llm: LLM | RemoteLLM) -> str:
     which round a seeded run's beliefs differently: agents.lora_kernel)."""
     config = scenario.model
     local = llm if isinstance(llm, LLM) else llm.local
-    lora = {"lora_decoding": decoding_path(local.device)} if local is not None and scenario.training.enabled and scenario.training.method == "lora" else {}
+    lora = {"lora_decoding": decoding_path(local.device)} if local is not None and scenario.training.trains_lora else {}
     if config.backend != "openai":
         return json.dumps({"backend": config.backend, **lora})
     return json.dumps({"backend": "openai", "base_url": config.base_url, "model": config.model, "api_key_env": config.api_key_env,

@@ -88,7 +88,7 @@ class Scenario(Section):
 
     @model_validator(mode="after")
     def _remote_models_are_frozen(self) -> Scenario:
-        if self.model.backend == "openai" and self.training.enabled and self.training.method == "lora" and not self.model.lora_updates:
+        if self.model.backend == "openai" and self.training.trains_lora and not self.model.lora_updates:
             raise KeyedValueError("training.enabled", "a remote model (model.backend = 'openai') is frozen: LoRA training is refused for it",
                                   "set training.method = \"apo\" (prompt optimisation) or training.enabled = false, run the model in-process (model.backend = \"transformers\"), or, for a vLLM "
                                   "server that loads adapters at run time, set model.lora_updates = true")

@@ -56,6 +56,11 @@ class TrainingConfig(Section):
     lora_layers: int | None = Field(8, ge=1, le=1024, description="LoRA on only the top lora_layers decoder layers: the frozen layers below run once per phase and the backward pass stops at the adapters. None = every layer.")
     apo: APOConfig = Field(default_factory=APOConfig, description="Prompt optimisation (method = 'apo').")
 
+    @property
+    def trains_lora(self) -> bool:
+        """Whether phases train each agent's LoRA adapter (on an in-process model)."""
+        return self.enabled and self.method == "lora"
+
     @model_validator(mode="after")
     def _known_modules(self) -> TrainingConfig:
         unknown = [name for name in self.target_modules if name not in PROJECTIONS]
